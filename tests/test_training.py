@@ -1,0 +1,134 @@
+"""Models and trainer end to end: determinism, exact resume, faults, honest metrics, prediction."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from finsight.settings import ConfigError, load_settings, resolve_device
+from finsight.data.sources import load_bundled, synthetic_ohlcv
+from finsight.data.windows import WindowError
+from finsight.features import BasicFeatureEngineering, FeatureError
+from finsight.models import ModelConfig
+from finsight.training import (CheckpointError, ModelCache, ModelTrainingFacade, TrainedModel, TrainingJobStatus,
+                               forecast_windows, load_checkpoint, predict)
+
+TINY = dict(context_length=32, prediction_length=2, d_model=64, n_heads=4, num_layers=1, batch_size=64, patch_length=8, seed=7)
+
+
+@pytest.fixture(scope="module")
+def sp():
+    b = load_bundled("SP500").iloc[-1500:]
+    return b.iloc[:1000], b.iloc[1000:1250], b.iloc[1250:]
+
+
+def train(sp, tmp_path, model="patchtst", progress=False, callbacks=(), **cfg):
+    f = ModelTrainingFacade(checkpoint_root=tmp_path, progress=progress, callbacks=list(callbacks))
+    tr, va, te = sp
+    run_id = cfg.pop("run_id", None) or f"r{np.random.randint(1e9)}"
+    return f.train_model_sync("SP500", "1d", model, tr, va, BasicFeatureEngineering(), ModelConfig(**{**TINY, "num_epochs": 2, **cfg}),
+                              run_id=run_id, test_data=te)
+
+
+@pytest.mark.parametrize("model", ["patchtst", "patchtsmixer", "dlinear"])
+def test_same_seed_same_metrics(sp, tmp_path, model):
+    a, b = train(sp, tmp_path, model), train(sp, tmp_path, model)
+    assert a["metrics"]["val_mae"] == b["metrics"]["val_mae"] and a["history"][-1]["loss"] == b["history"][-1]["loss"]
+    c = train(sp, tmp_path, model, seed=8)
+    assert c["metrics"]["val_mae"] != a["metrics"]["val_mae"]
+
+
+def test_metrics_stand_beside_naive_on_the_same_windows(sp, tmp_path):
+    out = train(sp, tmp_path)
+    m, model = out["metrics"], out["model"]
+    for part in ("val", "test"):
+        assert {f"{part}_{k}" for k in ("mae", "mse", "rmse", "mape", "naive_mae", "naive_mse", "mase", "skill")} <= set(m)
+        f = forecast_windows(model.adapter, getattr(model.windows, part), model.target)
+        naive_mae = np.abs(f["future_close"] - f["last_close"][:, None]).mean()
+        assert m[f"{part}_naive_mae"] == pytest.approx(naive_mae) and m[f"{part}_mase"] == pytest.approx(m[f"{part}_mae"] / naive_mae)
+    assert m["test_windows"] == len(sp[2]) - TINY["prediction_length"] + 1   # the test part's first bar is a target too
+    assert 0 < m["val_naive_mae"] < 200      # price units (index points), not scaled units
+
+
+def test_resume_after_interruption_equals_uninterrupted(sp, tmp_path):
+    full = train(sp, tmp_path / "a", "patchtsmixer", num_epochs=4, run_id="full")
+    class Boom(Exception): pass
+    def die(u):
+        if u.current_epoch == 2: raise Boom()
+    with pytest.raises(Boom): train(sp, tmp_path / "b", "patchtsmixer", num_epochs=4, run_id="cut", callbacks=[die])
+    ck = tmp_path / "b" / "cut"
+    assert load_checkpoint(ck)["epoch"] == 2
+    f = ModelTrainingFacade(checkpoint_root=tmp_path / "b", progress=False)
+    res = f.train_model_sync("SP500", "1d", "patchtsmixer", *sp[:2], BasicFeatureEngineering(), ModelConfig(**{**TINY, "num_epochs": 4}),
+                             run_id="cut", test_data=sp[2], resume_from=ck)
+    assert res["metrics"]["test_mae"] == full["metrics"]["test_mae"]
+    sa, sb = full["model"].adapter.module.state_dict(), res["model"].adapter.module.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_corrupt_checkpoint_fails_cleanly_and_keeps_earlier_good_one(sp, tmp_path):
+    train(sp, tmp_path, num_epochs=3, run_id="c")
+    files = sorted((tmp_path / "c").glob("epoch_*.pt"))
+    files[-1].write_bytes(files[-1].read_bytes()[:1000])          # truncated, as after a crash
+    f = ModelTrainingFacade(checkpoint_root=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="corrupt or unreadable checkpoint"):
+        f.train_model_sync("SP500", "1d", "patchtst", *sp[:2], None, ModelConfig(**{**TINY, "num_epochs": 3}), run_id="c2", resume_from=files[-1])
+    assert files[-2].exists() and load_checkpoint(files[-2])["epoch"] == 2
+
+
+def test_resume_with_other_config_is_refused(sp, tmp_path):
+    train(sp, tmp_path, num_epochs=1, run_id="x")
+    f = ModelTrainingFacade(checkpoint_root=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="batch_size"):
+        f.train_model_sync("SP500", "1d", "patchtst", *sp[:2], None, ModelConfig(**{**TINY, "batch_size": 32}), resume_from=tmp_path / "x")
+
+
+@pytest.mark.parametrize("overrides,says", [({"context_length": 5}, "context_length=5"), ({"contxt_length": 32}, "did you mean 'context_length'"),
+                                            ({"d_model": 100, "n_heads": 8}, "d_model"), ({"learning_rate": 2.0}, "learning_rate")])
+def test_bad_config_names_the_field(overrides, says):
+    with pytest.raises(ConfigError, match=says): ModelConfig.from_overrides(overrides)
+
+
+def test_bad_training_inputs(sp, tmp_path):
+    f = ModelTrainingFacade(checkpoint_root=tmp_path, progress=False)
+    tr, va, te = sp
+    cfg = ModelConfig(**{**TINY, "num_epochs": 1})
+    with pytest.raises(WindowError, match="hold no window"): f.train_model_sync("SP500", "1d", "patchtst", tr.iloc[-50:], va, None, cfg)
+    with pytest.raises(WindowError, match="target column 'vwap' is not among the features"):
+        f.train_model_sync("SP500", "1d", "patchtst", tr, va, None, cfg.model_copy(update={"target_column": "vwap"}))
+    bad = va.copy(); bad.iloc[100, bad.columns.get_loc("volume")] = np.nan
+    with pytest.raises(Exception, match="completeness"): f.train_model_sync("SP500", "1d", "patchtst", tr, bad, None, cfg)
+    class Holey(BasicFeatureEngineering):
+        def _add_custom_features(self, df): return df.assign(hole=df["close"].where(df.index != df.index[500]))
+    with pytest.raises(FeatureError, match=r"column\(s\) \['hole'\]"): f.train_model_sync("SP500", "1d", "patchtst", tr, va, Holey(), cfg)
+
+
+def test_gradient_accumulation_mixed_precision_and_progress(sp, tmp_path):
+    ups = []
+    out = train(sp, tmp_path, num_epochs=2, gradient_accumulation_steps=2, mixed_precision=True, callbacks=[ups.append])
+    n_batches = -(-len(out["model"].windows.train) // TINY["batch_size"])
+    assert out["history"][0]["batches"] == -(-n_batches // 2)            # one optimizer step per two batches
+    assert out["result"].precision == "bf16" and np.isfinite(out["metrics"]["val_mae"])
+    assert [u.progress for u in ups] == [0.5, 1.0] and ups[0].eta_seconds >= 0 and ups[-1].status == TrainingJobStatus.COMPLETED
+
+
+def test_early_stopping_restores_best_weights(sp, tmp_path):
+    out = train(sp, tmp_path, num_epochs=30, early_stopping_patience=2, learning_rate=0.05)
+    h = out["history"]
+    assert out["result"].stopped_early and len(h) < 30
+    best = min(range(len(h)), key=lambda i: h[i]["val_loss"])
+    assert out["result"].best_epoch == best + 1 and len(h) == best + 1 + 2
+
+
+def test_force_cpu(monkeypatch):
+    assert resolve_device(load_settings(env={"FORCE_CPU": "true", "FINSIGHT_DEVICE": "cuda"})).type == "cpu"
+
+
+def test_predict_from_saved_model_through_cache(sp, tmp_path):
+    out = train(sp, tmp_path)
+    path = out["model"].save(tmp_path / "m.pt")
+    bars = pd.concat(sp)
+    cache = ModelCache(max_size=2, ttl_seconds=60)
+    p = predict(cache.get(path), bars)
+    assert list(p.index) == [bars.index[-1] + pd.Timedelta("1D"), bars.index[-1] + pd.Timedelta("2D")]
+    assert (p["forecast"] - bars.close.iloc[-1]).abs().max() < 0.2 * bars.close.iloc[-1]   # prices, near the last close
+    assert cache.get(path) is cache.get(path) and cache.hits == 2
+    pd.testing.assert_frame_equal(p, predict(out["model"], bars))
