@@ -197,8 +197,12 @@ def test_nan_after_warmup_is_an_error_naming_columns(bars):
     with pytest.raises(FeatureError, match=r"column\(s\) \['volume'\]"): fe.transform(bad)
 
 
-def test_cli_main_job_runs_on_bundled_data(tmp_path):
+def test_cli_data_report_and_list(tmp_path):
     env = {**os.environ, "FINSIGHT_RUNS_DIR": str(tmp_path)}
-    out = subprocess.run([str(Path(sys.executable).parent / "finsight"), "main"], env=env, capture_output=True, text=True)
+    exe = str(Path(sys.executable).parent / "finsight")
+    out = subprocess.run([exe, "data", "report", "SP500", "1d"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "SP500" in out.stdout and "NASDAQ" in out.stdout and (tmp_path / "reports" / "SP500_1d.png").exists()
+    assert "5031" in out.stdout and (tmp_path / "reports" / "SP500_1d.png").exists()
+    out = subprocess.run([exe, "data", "report", "../../x"], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "not a plain name" in out.stderr
+    assert "NASDAQ\t1d" in subprocess.run([exe, "data", "list"], env=env, capture_output=True, text=True).stdout
