@@ -1,0 +1,63 @@
+"""`finsight batch` end to end: papermill jobs on the job service, one MLflow store, the leaderboard and failures."""
+import json, os, subprocess, sys
+from pathlib import Path
+import mlflow
+import pandas as pd
+import pytest
+
+FINSIGHT = str(Path(sys.executable).parent / "finsight")
+TINY = ["context_length=32", "d_model=64", "n_heads=4", "num_layers=1", "num_epochs=1", "batch_size=256"]
+
+
+def cli(tmp_path, *args, timeout=600):
+    env = {**os.environ, "FINSIGHT_RUNS_DIR": str(tmp_path / "runs"), "MLFLOW_TRACKING_URI": "", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([FINSIGHT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("batch")
+    out = cli(tmp, "batch", "--symbols", "SP500", "NASDAQ", "--models", "patchtst", "--max-concurrent", "2", "--set", *TINY)
+    return tmp, out
+
+
+def test_batch_runs_jobs_in_parallel_into_one_mlflow_store(batch):
+    tmp, out = batch
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    folder = next((tmp / "runs").glob("batch-*"))
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert sorted(board.symbol) == ["NASDAQ", "SP500"] and (board.status == "completed").all()
+    assert board.val_mase.notna().all() and board.val_naive_mae.gt(0).all()           # every model beside naive
+    client = mlflow.MlflowClient(f"sqlite:///{tmp / 'runs' / 'mlflow.db'}")
+    runs = {r: client.get_run(r) for r in board.mlflow_run_id}
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs.values())  # both concurrent jobs kept their runs
+    for rid, run in runs.items():
+        assert run.data.metrics["val_mase"] == pytest.approx(board.set_index("mlflow_run_id").loc[rid, "val_mase"])
+        arts = [a.path for a in client.list_artifacts(rid)]
+        assert "notebook" in arts and "exports" in arts                                    # executed notebook and exports logged
+    html = (folder / "leaderboard.html").read_text()
+    assert html.count("data:image/png;base64") == 4 and "MASE" in html
+    for nb in board.notebook: assert Path(nb).exists() and Path(nb).parent == folder
+
+
+def test_jobs_list_shows_the_batch(batch):
+    tmp, _ = batch
+    out = cli(tmp, "jobs", "list")
+    assert out.returncode == 0 and out.stdout.count("completed") == 2
+
+
+def test_failed_job_gives_nonzero_exit_listing_it_and_keeps_its_notebook(tmp_path):
+    out = cli(tmp_path, "batch", "--symbols", "SP500", "--models", "dlinear", "--retries", "0", "--set", *TINY, "target_column=vwap")
+    assert out.returncode == 1
+    assert "FAILED SP500_1d_dlinear" in out.stderr and "target column 'vwap' is not among the features" in out.stderr
+    nb = next((tmp_path / "runs").glob("batch-*/SP500_1d_dlinear_*.ipynb"))
+    assert any(o.get("output_type") == "error" for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", []))
+
+
+@pytest.mark.parametrize("args,says", [(["--symbols", "../../x"], "not a plain name"), (["--symbols", "NOPE"], "unknown symbol 'NOPE'"),
+                                       (["--symbols", "SP500", "--timeframes", "7m"], "unknown timeframe '7m'"),
+                                       (["--symbols", "SP500", "--models", "lstm"], "lstm")])
+def test_bad_batch_is_refused_before_anything_starts(tmp_path, args, says):
+    out = cli(tmp_path, "batch", *args)
+    assert out.returncode == 2 and says in out.stderr
+    assert not list((tmp_path / "runs").glob("batch-*")) and not (tmp_path / "x").exists()
