@@ -382,3 +382,22 @@ def test_mlflow_artifacts_go_to_the_store(s3, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM); server.wait(20)
     assert SECRET not in log.read_text() and KEY_ID not in log.read_text()
+
+
+def test_cli_data_sync_then_list_and_train_from_the_bucket(cloud, tmp_path):
+    "`finsight data sync` uploads, `finsight data list --source cloud` sees it, and the loader switch serves it to a job."
+    import subprocess, sys
+    exe = str(Path(sys.executable).parent / "finsight")
+    root = tmp_path / "root"
+    LocalDataLoader(root, bundled=False).save(synthetic_ohlcv(400, "1h", seed=3), "SYNC", "1h")
+    env = {**os.environ, "FINSIGHT_S3_BUCKET": f"s3://{cloud.bucket}/cli", "FINSIGHT_S3_ENDPOINT_URL": cloud.endpoint_url,
+           "FINSIGHT_RUNS_DIR": str(tmp_path / "runs")}
+    out = subprocess.run([exe, "data", "sync", "--root", str(root)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "cli/SYNC/1h.parquet" in out.stdout and KEY_ID not in out.stdout + out.stderr
+    out = subprocess.run([exe, "data", "list", "--source", "cloud"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "SYNC\t1h" in out.stdout, out.stderr
+    out = subprocess.run([exe, "data", "report", "SYNC", "4h"], env={**env, "FINSIGHT_DATA_LOADER": "hybrid"}, capture_output=True, text=True)
+    assert out.returncode == 0 and "rows: 100" in out.stdout.replace("  ", ""), out.stdout + out.stderr
+    out = subprocess.run([exe, "data", "sync", "--root", str(root), "--bucket", "no-such-bucket-x"], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "no-such-bucket-x" in out.stderr
