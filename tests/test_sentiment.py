@@ -273,9 +273,14 @@ def test_template_runs_as_a_papermill_job(tiny, tmp_path):
     out, metrics = tmp_path / "job", tmp_path / "result.json"
     pm.execute_notebook(str(ROOT / "nbs" / "templates" / "train_sentiment.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
                         parameters={"model_path": str(tiny), "config": {"num_epochs": 1, "max_seq_len": 32, "batch_size": 32, "learning_rate": 1e-3},
-                                    "output_dir": str(out), "metrics_path": str(metrics)}, progress_bar=False, cwd=str(ROOT / "nbs" / "templates"))
+                                    "output_dir": str(out), "metrics_path": str(metrics), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+                        progress_bar=False, cwd=str(ROOT / "nbs" / "templates"))
     m = json.loads(metrics.read_text())
     assert m["kind"] == "sentiment" and m["test_examples"] == 36 and m["export"]["max_rel_err"] <= 1e-4
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(m["mlflow_run_id"])                                     # the template tracked its run
+    assert run.data.metrics["test_accuracy"] == pytest.approx(m["test_accuracy"]) and "exports" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"test_accuracy", "test_majority_accuracy", "val_macro_f1", "val_majority_macro_f1", "epochs"} <= set(m)
     for f in ("metrics.json", "history.json", "confusion_test.png", "training_curve.png", "model/finsight.json", "export/model.onnx",
               "export/triton/sentiment/config.pbtxt", "checkpoints/sentiment_sample/epoch_001.pt"):
