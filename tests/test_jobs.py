@@ -29,7 +29,7 @@ def nbs(tmp_path_factory):
                    'import json, os, time\nif started: open(started, "a").write(job_id + "\\n")\ntime.sleep(sleep)',
                    'if log: open(log, "a").write(f"{job_id} {os.getppid()} {time.time()}\\n")\n'
                    'json.dump({"val_mae": 1.0, "omp": os.environ.get("OMP_NUM_THREADS"), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),'
-                   ' "finsight_device": os.environ.get("FINSIGHT_DEVICE"), "device": device, "torch_threads": torch_threads, "mlflow_run_id": "run-" + job_id[:8]}, open(metrics_path, "w"))')
+                   ' "finsight_device": os.environ.get("FINSIGHT_DEVICE"), "device": device, "torch_threads": torch_threads, "cwd": os.getcwd(), "mlflow_run_id": "run-" + job_id[:8]}, open(metrics_path, "w"))')
     boom = _notebook(d / "boom.ipynb", 'symbol = ""\nmetrics_path = ""',
                      'raise ValueError(f"boom for {symbol}")', 'open(metrics_path, "w").write("{}")')
     progress = _notebook(d / "progress.ipynb", 'job_id = ""\njob_store = ""\nmetrics_path = ""\nrelease = ""',
@@ -268,3 +268,13 @@ def test_two_services_share_one_store(nbs, runs, tmp_path):
     rows = [line.split() for line in log.read_text().splitlines()]
     assert Counter(r[0] for r in rows) == Counter(ids)             # no job ran twice
     assert {int(r[1]) for r in rows} == {os.getpid(), proc.pid}   # and both services ran some
+
+
+def test_jobs_in_threads_leave_the_service_working_directory_alone(nbs, runs):
+    "Each kernel starts in its template's folder; the service process (jobs run in its threads) keeps its own cwd."
+    before = os.getcwd()
+    with TrainingService(max_concurrent=2) as svc:
+        out = svc.run_batch([_req(nbs, symbol=s) for s in ("SP500", "NASDAQ", "SP500", "NASDAQ")], max_concurrent=2)
+    assert os.getcwd() == before
+    assert [s.status.value for s in out] == ["completed"] * 4
+    assert {s.metrics["cwd"] for s in out} == {str(Path(nbs["ok"]).parent)}
