@@ -278,3 +278,24 @@ def test_jobs_in_threads_leave_the_service_working_directory_alone(nbs, runs):
     assert os.getcwd() == before
     assert [s.status.value for s in out] == ["completed"] * 4
     assert {s.metrics["cwd"] for s in out} == {str(Path(nbs["ok"]).parent)}
+
+
+def test_jobs_run_on_an_existing_scheduler_given_by_address(nbs, runs, tmp_path):
+    "A cluster case: a `dask scheduler` and a `dask worker` in their own processes; the service only knows the address."
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    bin_ = Path(sys.executable).parent
+    env = {**os.environ, "FINSIGHT_RUNS_DIR": str(runs)}
+    sched = subprocess.Popen([str(bin_ / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([str(bin_ / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "2", "--no-dashboard"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with TrainingService(scheduler_address=f"tcp://127.0.0.1:{port}", torch_threads=1) as svc:
+            _wait_for(lambda: len(svc._dask().scheduler_info()["workers"]) == 1, timeout=60)
+            out = svc.run_batch([_req(nbs, symbol=s) for s in ("SP500", "NASDAQ")], timeout=120)
+        assert [s.status.value for s in out] == ["completed", "completed"]
+        assert {s.metrics["omp"] for s in out} == {"1"} and all(Path(s.output_notebook).exists() for s in out)
+    finally:
+        for p in (worker, sched): p.terminate()
+        for p in (worker, sched): p.wait(timeout=30)
