@@ -423,3 +423,12 @@ def test_json_tracker_needs_no_mlflow_and_syncs_later(server, tmp_path):
     tracker = MLflowExperimentTracker(server.uri, fallback=False)
     model = load_model_by_alias("finsight-SYN-1h-dlinear", promote_best("SYN", "1h", "dlinear", tracker=tracker)["alias"], tracker=tracker)
     assert model.symbol == "SYN" and model.config.context_length == 40
+
+
+def test_pending_runs_put_parents_before_children_started_in_the_same_millisecond(tmp_path):
+    from finsight.tracking import pending_runs
+    st = SimpleExperimentTracker(tmp_path, "order", pending_sync=True)
+    with st.run("zz-parent") as parent:
+        with st.run("aa-child", nested=True) as child: pass
+    for rid in (parent, child): st._update(rid, start_time=1000)   # same start: only the nesting can order them
+    assert [r["run_id"] for r in pending_runs(tmp_path)] == [parent, child]
