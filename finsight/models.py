@@ -79,7 +79,7 @@ def _config_error(e: ValidationError, fields: dict) -> ConfigError:
         else: msgs.append(f"{'.'.join(map(str, loc[:2]))}={err['input']!r} is invalid: must be {_describe(fields[loc[0]])}")
     return ConfigError("ModelConfig: " + "; ".join(msgs))
 
-# %% ../nbs/20_models.ipynb #caa8c747
+# %% ../nbs/20_models.ipynb #e6536f12
 class ModelConfig(BaseModel):
     "Hyperparameters of a forecasting model and its training; every field is range-checked."
     model_config = ConfigDict(extra="forbid")
@@ -106,6 +106,7 @@ class ModelConfig(BaseModel):
     gradient_clip_norm: float | None = Field(1.0, gt=0.0)  # None: no clipping
     mixed_precision: bool | None = None  # None: the settings' ENABLE_MIXED_PRECISION
     compile: bool = False  # torch.compile the module for training
+    fast_dropout: bool = False  # CPU: dropout masks 4 per 64-bit random draw (p rounded to 1/65536), ~3x cheaper than bernoulli_
     seed: int = Field(42, ge=0, le=2**32 - 1)  # same seed, same initial weights
     target_column: str = Field("close", min_length=1)
     target_transform: Literal["price", "return", "log_return"] = "log_return"

@@ -223,7 +223,7 @@ def _sentiment_config_error(e: ValidationError, fields: dict) -> ConfigError:
         elif k: msgs.append(f"{k}={err['input']!r} is invalid: must be {_ACCEPTS.get(k) or _describe(fields[k])}")
     return ConfigError("SentimentConfig: " + "; ".join(dict.fromkeys(msgs)))
 
-# %% ../nbs/43_sentiment.ipynb #0c098dae
+# %% ../nbs/43_sentiment.ipynb #1ac8c1d6
 class SentimentConfig(BaseModel):
     "Hyperparameters of a sentiment classifier and its training; every field is checked."
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -242,6 +242,7 @@ class SentimentConfig(BaseModel):
     gradient_clip_norm: float | None = Field(1.0, gt=0.0)  # None: no clipping
     mixed_precision: bool | None = None  # None: the settings' ENABLE_MIXED_PRECISION
     compile: bool = False  # torch.compile the module for training
+    fast_dropout: bool = False  # CPU: cheaper dropout masks (see `finsight.training.FastDropout`)
     seed: int = Field(42, ge=0, le=2**32 - 1)  # same seed, same head initialisation and batch order
 
     @field_validator("labels")

@@ -81,6 +81,51 @@ def test_resume_with_other_config_is_refused(sp, tmp_path):
         f.train_model_sync("SP500", "1d", "patchtst", *sp[:2], None, ModelConfig(**{**TINY, "batch_size": 32}), resume_from=tmp_path / "x")
 
 
+def test_fast_dropout_is_deterministic_resumes_exactly_and_gives_the_model_back(sp, tmp_path):
+    kw = dict(num_epochs=3, fast_dropout=True)
+    a, b = train(sp, tmp_path, "patchtsmixer", run_id="a", **kw), train(sp, tmp_path, "patchtsmixer", run_id="b", **kw)
+    plain = train(sp, tmp_path, "patchtsmixer", num_epochs=3)
+    assert a["history"][-1]["loss"] == b["history"][-1]["loss"] and a["metrics"]["val_mae"] == b["metrics"]["val_mae"]
+    assert a["history"][0]["loss"] != plain["history"][0]["loss"]        # the masks really came from FastDropout
+    assert a["history"][-1]["val_loss"] == pytest.approx(plain["history"][-1]["val_loss"], rel=0.25)
+    drops = [type(m) for m in a["model"].adapter.module.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and set(drops) == {torch.nn.Dropout}                       # saved and exported models never see it
+    class Boom(Exception): pass
+    def die(u):
+        if u.current_epoch == 2: raise Boom()
+    with pytest.raises(Boom): train(sp, tmp_path, "patchtsmixer", run_id="cut", callbacks=[die], **kw)
+    f = ModelTrainingFacade(checkpoint_root=tmp_path, progress=False)
+    res = f.train_model_sync("SP500", "1d", "patchtsmixer", *sp[:2], BasicFeatureEngineering(), ModelConfig(**{**TINY, **kw}),
+                             run_id="cut", test_data=sp[2], resume_from=tmp_path / "cut")
+    assert res["history"] == [{**h, "seconds": r["seconds"]} for h, r in zip(a["history"], res["history"])]
+    sa, sb = a["model"].adapter.module.state_dict(), res["model"].adapter.module.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_fast_dropout_swaps_back_when_training_fails(sp):
+    from finsight.models import ModelFactory
+    from finsight.training import fit, make_optimizer, prepare_windows
+    cfg = ModelConfig(**{**TINY, "num_epochs": 3, "fast_dropout": True})
+    win, _ = prepare_windows(sp[0], sp[1], None, BasicFeatureEngineering(), cfg)
+    ad = ModelFactory.create("patchtst", cfg, len(win.channels), win.target_channel)
+    seen = []
+    def die(u):
+        seen.append({type(m).__name__ for m in ad.module.modules() if isinstance(m, torch.nn.Dropout)}); raise RuntimeError("stop")
+    with pytest.raises(RuntimeError, match="stop"): fit(ad, win.train, win.val, callbacks=[die], progress=False, device=torch.device("cpu"))
+    assert seen == [{"FastDropout"}]
+    assert {type(m).__name__ for m in ad.module.modules() if isinstance(m, torch.nn.Dropout)} == {"Dropout"}
+    assert make_optimizer(ad.module, cfg, torch.device("cpu")).defaults["fused"] is True
+
+
+def test_resume_may_switch_fast_dropout_and_compile_but_not_dropout(sp, tmp_path):
+    train(sp, tmp_path, num_epochs=1, run_id="y")
+    f = ModelTrainingFacade(checkpoint_root=tmp_path, progress=False)
+    res = f.train_model_sync("SP500", "1d", "patchtst", *sp[:2], None, ModelConfig(**{**TINY, "num_epochs": 2, "fast_dropout": True}), resume_from=tmp_path / "y")
+    assert res["result"].epochs_run == 2 and len(res["history"]) == 2
+    with pytest.raises(CheckpointError, match="dropout"):
+        f.train_model_sync("SP500", "1d", "patchtst", *sp[:2], None, ModelConfig(**{**TINY, "num_epochs": 2, "dropout": 0.2}), resume_from=tmp_path / "y")
+
+
 @pytest.mark.parametrize("overrides,says", [({"context_length": 5}, "context_length=5"), ({"contxt_length": 32}, "did you mean 'context_length'"),
                                             ({"d_model": 100, "n_heads": 8}, "d_model"), ({"learning_rate": 2.0}, "learning_rate")])
 def test_bad_config_names_the_field(overrides, says):
