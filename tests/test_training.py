@@ -102,18 +102,18 @@ def test_fast_dropout_is_deterministic_resumes_exactly_and_gives_the_model_back(
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_fast_dropout_swaps_back_when_training_fails(sp):
+def test_cpu_fast_paths_swap_back_when_training_fails(sp):
     from finsight.models import ModelFactory
     from finsight.training import fit, make_optimizer, prepare_windows
     cfg = ModelConfig(**{**TINY, "num_epochs": 3, "fast_dropout": True})
     win, _ = prepare_windows(sp[0], sp[1], None, BasicFeatureEngineering(), cfg)
-    ad = ModelFactory.create("patchtst", cfg, len(win.channels), win.target_channel)
+    ad = ModelFactory.create("patchtsmixer", cfg, len(win.channels), win.target_channel)
+    kinds = lambda: {type(m).__name__ for m in ad.module.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.Softmax))}
     seen = []
-    def die(u):
-        seen.append({type(m).__name__ for m in ad.module.modules() if isinstance(m, torch.nn.Dropout)}); raise RuntimeError("stop")
+    def die(u): seen.append(kinds()); raise RuntimeError("stop")
     with pytest.raises(RuntimeError, match="stop"): fit(ad, win.train, win.val, callbacks=[die], progress=False, device=torch.device("cpu"))
-    assert seen == [{"FastDropout"}]
-    assert {type(m).__name__ for m in ad.module.modules() if isinstance(m, torch.nn.Dropout)} == {"Dropout"}
+    assert seen == [{"FastDropout", "NarrowSoftmax"}]
+    assert kinds() == {"Dropout", "Softmax"}
     assert make_optimizer(ad.module, cfg, torch.device("cpu")).defaults["fused"] is True
 
 
