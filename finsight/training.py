@@ -184,23 +184,19 @@ def _val_loss(module, ds, device, autocast, batch_size: int, loss_fn: Callable =
             tot += loss_fn(p.float(), y.to(device)).item() * len(y); n += len(y)
     return tot / n
 
-# %% ../nbs/31_training.ipynb #0942d746
+# %% ../nbs/31_training.ipynb #c9561f96
 def _epoch(module, ds, opt, scaler, autocast, cfg, device, gen, loss_fn=torch.nn.functional.mse_loss) -> tuple[float, int]:
     "One pass over `ds`; (mean training loss, optimizer steps)."
     module.train(); tot, n, steps, acc = torch.zeros((), device=device), 0, 0, cfg.gradient_accumulation_steps
-    nb, scaled, params = (len(ds) + cfg.batch_size - 1) // cfg.batch_size, scaler.is_enabled(), [p for p in module.parameters() if p.requires_grad]
+    nb, params = (len(ds) + cfg.batch_size - 1) // cfg.batch_size, [p for p in module.parameters() if p.requires_grad]
     for i, (x, y) in enumerate(ds.batches(cfg.batch_size, shuffle=True, generator=gen)):
         x, y = _to(x, device), y.to(device, non_blocking=True)
         with autocast(): p = _forward(module, x)
         loss = loss_fn(p.float(), y)
-        (scaler.scale(loss / acc) if scaled else loss / acc if acc > 1 else loss).backward()
+        scaler.scale(loss / acc).backward()   # a disabled scaler passes everything through
         if (i + 1) % acc == 0 or i + 1 == nb:
-            if cfg.gradient_clip_norm:
-                if scaled: scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip_norm)
-            if scaled: scaler.step(opt); scaler.update()
-            else: opt.step()
-            opt.zero_grad(set_to_none=True); steps += 1
+            if cfg.gradient_clip_norm: scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip_norm)
+            scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True); steps += 1
         tot += loss.detach() * len(y); n += len(y)   # stays on the device: no synchronisation per step
     return float(tot) / max(n, 1), steps
 
