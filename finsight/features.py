@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import ta
-from .settings import FinsightError, get_settings
+from fastcore.basics import patch
+from .settings import FinsightError, atomic_path, get_settings
 from .data.sources import OHLCV_COLUMNS, data_fingerprint
 from .data.splits import DataSplit, temporal_split
 
@@ -98,6 +99,7 @@ class BasicFeatureEngineering:
         return max([INDICATORS[n][1] for n in self.indicators + self.custom_indicators] + [self.custom_warmup, 0])
 
 # %% ../nbs/10_features.ipynb #72ba13d3
+@patch
 def _compute(self: BasicFeatureEngineering, df: pd.DataFrame) -> pd.DataFrame:
     "Unscaled features of `df`, warm-up rows included."
     missing = [c for c in set(self.feature_columns) | {"close"} if c not in df.columns]
@@ -110,10 +112,9 @@ def _compute(self: BasicFeatureEngineering, df: pd.DataFrame) -> pd.DataFrame:
     feats = pd.concat(parts, axis=1)
     return self._add_custom_features(feats)
 
-BasicFeatureEngineering._compute = _compute
-
 # %% ../nbs/10_features.ipynb #d7026b2c
-def _fit(self: BasicFeatureEngineering, df: pd.DataFrame) -> BasicFeatureEngineering:
+@patch
+def fit(self: BasicFeatureEngineering, df: pd.DataFrame) -> BasicFeatureEngineering:
     "Learn columns, warm-up and scaling statistics from training bars `df` only."
     feats = self._compute(df).iloc[self.warmup:]
     if len(feats) < 2: raise FeatureError(f"{len(df)} training rows leave {len(feats)} after the {self.warmup}-row warm-up: need at least 2")
@@ -131,10 +132,9 @@ def _check_finite(feats: pd.DataFrame, what: str):
         cols = [c for c, m in zip(feats.columns, bad.any(axis=0)) if m]
         raise FeatureError(f"features of {what} have NaN/inf after the warm-up in column(s) {cols}, {len(rows)} row(s), first at {list(feats.index[rows[:3]].astype(str))}; clean or fill the bars first")
 
-BasicFeatureEngineering.fit = _fit
-
 # %% ../nbs/10_features.ipynb #89425fcd
-def _transform(self: BasicFeatureEngineering, df: pd.DataFrame, cache: FeatureCache | None = None) -> pd.DataFrame:
+@patch
+def transform(self: BasicFeatureEngineering, df: pd.DataFrame, cache: FeatureCache | None = None) -> pd.DataFrame:
     "Features of `df`, warm-up rows dropped, scaled with the statistics learnt by `fit`."
     if self.columns_ is None: raise FeatureError("transform before fit: call fit(train_bars) first")
     key = cache.key(df, self) if cache is not None else None
@@ -146,11 +146,10 @@ def _transform(self: BasicFeatureEngineering, df: pd.DataFrame, cache: FeatureCa
     if key: cache.put(key, out)
     return out
 
-def _fit_transform(self: BasicFeatureEngineering, df: pd.DataFrame) -> pd.DataFrame:
+@patch
+def fit_transform(self: BasicFeatureEngineering, df: pd.DataFrame) -> pd.DataFrame:
     "`fit` then `transform` on the same bars."
     return self.fit(df).transform(df)
-
-BasicFeatureEngineering.transform, BasicFeatureEngineering.fit_transform = _transform, _fit_transform
 
 # %% ../nbs/10_features.ipynb #4d8ad501
 def check_no_lookahead(fe: BasicFeatureEngineering, bars: pd.DataFrame, t: int, seed: int = 0) -> None:
@@ -166,27 +165,35 @@ def check_no_lookahead(fe: BasicFeatureEngineering, bars: pd.DataFrame, t: int, 
 # %% ../nbs/10_features.ipynb #c7ebecc1
 _CONFIG_KEYS = ("feature_columns", "add_technical_indicators", "add_datetime_features", "normalize_features", "custom_indicators", "indicators")
 
-def _state(self: BasicFeatureEngineering) -> dict:
+@patch
+def state(self: BasicFeatureEngineering) -> dict:
     "Configuration and fitted statistics as plain JSON types."
     return {"class": type(self).__name__, "config": {k: getattr(self, k) for k in _CONFIG_KEYS},
             "columns": self.columns_, "mean": self.mean_, "std": self.std_, "warmup": self.warmup_}
 
-def _from_state(cls, state: dict) -> BasicFeatureEngineering:
+@patch(cls_method=True)
+def from_state(cls: BasicFeatureEngineering, state: dict) -> BasicFeatureEngineering:
     "Rebuild a fitted pipeline from `state` (custom indicators must be registered first)."
     fe = cls(**state["config"])
     fe.columns_, fe.mean_, fe.std_, fe.warmup_ = state["columns"], state["mean"], state["std"], state["warmup"]
     return fe
 
-BasicFeatureEngineering.state, BasicFeatureEngineering.from_state = _state, classmethod(_from_state)
-BasicFeatureEngineering.to_json = lambda self: json.dumps(self.state())
-BasicFeatureEngineering.from_json = classmethod(lambda cls, s: cls.from_state(json.loads(s)))
+
+@patch
+def to_json(self: BasicFeatureEngineering) -> str:
+    "`state()` as JSON text."
+    return json.dumps(self.state())
+
+@patch(cls_method=True)
+def from_json(cls: BasicFeatureEngineering, text: str) -> BasicFeatureEngineering:
+    "A fitted pipeline from `to_json` text."
+    return cls.from_state(json.loads(text))
 
 # %% ../nbs/10_features.ipynb #f3fccb15
-def _inverse_scale(self: BasicFeatureEngineering, values, column: str) -> np.ndarray:
+@patch
+def inverse_scale(self: BasicFeatureEngineering, values, column: str) -> np.ndarray:
     "Undo the scaling of `column` on `values`."
     return np.asarray(values) * self.std_[column] + self.mean_[column]
-
-BasicFeatureEngineering.inverse_scale = _inverse_scale
 
 # %% ../nbs/10_features.ipynb #2fabf98e
 class FeatureCache:
@@ -201,8 +208,7 @@ class FeatureCache:
         if p.exists(): self.hits += 1; return pd.read_parquet(p)
         self.misses += 1
     def put(self, key: str, df: pd.DataFrame) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{key}.tmp"; df.to_parquet(tmp); tmp.replace(self.root / f"{key}.parquet")
+        with atomic_path(self.root / f"{key}.parquet") as tmp: df.to_parquet(tmp)
 
 # %% ../nbs/10_features.ipynb #2fe203f1
 def cut_at(bars: pd.DataFrame, feats: pd.DataFrame, starts: dict, context_length: int = 0) -> tuple[DataSplit, DataSplit]:
@@ -217,7 +223,7 @@ def cut_at(bars: pd.DataFrame, feats: pd.DataFrame, starts: dict, context_length
     mk = lambda f: DataSplit(**{p: f.iloc[cut[p] - ctx[p]:ends[p]] for p in parts}, context_rows=ctx, bounds={p: (cut[p], ends[p]) for p in parts})
     return mk(bars), mk(feats)
 
-def split_features(bars: pd.DataFrame, fe: BasicFeatureEngineering, train_ratio: float = 0.7, val_ratio: float = 0.15,
+def split_features(bars: pd.DataFrame, fe: BasicFeatureEngineering, train_ratio: float | None = None, val_ratio: float | None = None, # default: the settings'
                    context_length: int = 0, cache: FeatureCache | None = None) -> tuple[DataSplit, DataSplit]:
     "(bars split, features split): `fe` is fitted on training bars only; both splits share target timestamps."
     raw = temporal_split(bars, train_ratio, val_ratio)

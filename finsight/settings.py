@@ -1,4 +1,4 @@
-"""The workbench's own defaults: `settings.ini` `[finsight]`, overridden by environment variables, checked once.
+"""The workbench's own defaults (`settings.ini` `[finsight]`, overridden by environment variables), typed errors, the checked-model base of every configuration, atomic writes, devices and seeding.
 
 Docs: https://finsight.github.io/finsight/settings.html.md"""
 
@@ -6,16 +6,19 @@ Docs: https://finsight.github.io/finsight/settings.html.md"""
 
 # %% ../nbs/00_settings.ipynb #ee65bbc4
 from __future__ import annotations
-import configparser, os, random
+import configparser, difflib, json, os, random, re, secrets, typing
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Iterator, Literal
 import numpy as np
+from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # %% auto #0
-__all__ = ['FinsightError', 'ConfigError', 'Settings', 'env_names', 'allowed_range', 'find_settings_file', 'load_settings',
-           'get_settings', 'resolve_device', 'release_device_memory', 'seed_everything']
+__all__ = ['FinsightError', 'ConfigError', 'secret_values', 'redact', 'describe', 'config_error', 'CheckedModel', 'Settings',
+           'env_names', 'allowed_range', 'find_settings_file', 'load_settings', 'get_settings', 'atomic_path',
+           'atomic_write', 'write_json', 'resolve_device', 'release_device_memory', 'seed_everything']
 
 # %% ../nbs/00_settings.ipynb #23ff2ef9
 class FinsightError(Exception):
@@ -23,6 +26,108 @@ class FinsightError(Exception):
 
 class ConfigError(FinsightError, ValueError):
     "A setting or configuration value is missing, malformed or out of range."
+
+# %% ../nbs/00_settings.ipynb #0a3e4b71
+_SECRET_NAME = re.compile(r"SECRET|PASSW|TOKEN|ACCESS_KEY|API_KEY|PRIVATE_KEY|CREDENTIAL|CONNECTION_STRING|(^|_)AUTH(_|$)", re.I)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+_HARMLESS = {"true", "false", "yes", "none", "null"}
+
+def secret_values(env: dict | None = None) -> list[str]:
+    "Values (4+ characters) of environment variables whose names say they hold a credential, longest first."
+    env = os.environ if env is None else env
+    return sorted({v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 4 and v.lower() not in _HARMLESS}, key=len, reverse=True)
+
+def redact(text, secrets: list[str] | None = None) -> str:
+    "`text` with URL credentials and secret environment values replaced by `***`."
+    text = _USERINFO.sub(r"\1***@", str(text))
+    for s in secret_values() if secrets is None else secrets: text = text.replace(s, "***")
+    return text
+
+# %% ../nbs/00_settings.ipynb #6f0b6c1e
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+def describe(field) -> str:
+    "What a pydantic field accepts, in words (`an integer between 10 and 512`)."
+    if (extra := field.json_schema_extra) and isinstance(extra, dict) and extra.get("accepts"): return extra["accepts"]
+    ann, args = field.annotation, typing.get_args(field.annotation)
+    if typing.get_origin(ann) is Literal: return "one of " + ", ".join(map(repr, args))
+    if typing.get_origin(ann) is dict: return "a mapping of names to numbers, text or true/false"
+    if typing.get_origin(ann) is list: return "a list"
+    inner = [a for a in args if a is not type(None)] or [ann]
+    kind = _KINDS.get(inner[0], getattr(inner[0], "__name__", str(inner[0])))
+    b = {k: getattr(m, k) for m in field.metadata for k in _OPS if getattr(m, k, None) is not None}
+    rng = f" between {b['ge']} and {b['le']}" if b.keys() == {"ge", "le"} else "".join(f"{' and' if i else ''} {_OPS[k]} {v}" for i, (k, v) in enumerate(b.items()))
+    return kind + rng + (" (or null)" if type(None) in args else "")
+
+# %% ../nbs/00_settings.ipynb #0d9b8e51
+def config_error(e: ValidationError, cls: type[BaseModel], label: str | None = None, error: type[Exception] = ConfigError) -> Exception:
+    "One `error` naming every field of `cls` that `e` found wrong and what it accepts; messages start with `label` (default: the class name)."
+    label, fields, msgs = label or cls.__name__, cls.model_fields, []
+    for err in e.errors():
+        loc, inner = err["loc"], err.get("ctx", {}).get("error")
+        k = str(loc[0]) if loc else ""
+        if isinstance(inner, FinsightError): msgs.append(str(inner).removeprefix(f"{label}: "))
+        elif err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(k, list(fields), n=1)
+            msgs.append(f"unknown key {k!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + f"; known keys: {', '.join(fields)}")
+        elif not k or k not in fields: msgs.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "value_error": msgs.append(f"{'.'.join(map(str, loc))}={err['input']!r} is invalid: {str(err['msg']).removeprefix('Value error, ')}")
+        else: msgs.append(f"{'.'.join(map(str, loc[:2]))}={err.get('input')!r} is invalid: must be {describe(fields[k])}")
+    return error(f"{label}: " + "; ".join(dict.fromkeys(msgs)))
+
+# %% ../nbs/00_settings.ipynb #3b2d4c1a
+class CheckedModel(BaseModel):
+    "A pydantic model checked on creation and on assignment; every problem is one `error` naming the field and what it accepts."
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    error: ClassVar[type[Exception]] = ConfigError  # the error class its problems raise
+    derived: ClassVar[frozenset] = frozenset()  # fields computed from others (never carried over by `from_overrides`)
+
+    def __init__(self, **data):
+        try: super().__init__(**data)
+        except ValidationError as e: raise config_error(e, type(self), self.label(data), self.error) from None
+
+    @classmethod
+    def label(cls, data: dict) -> str:
+        "How messages about `data` start (the class name; a subclass may name the instance)."
+        return cls.__name__
+
+    @classmethod
+    def model_validate(cls, obj, **kwargs):
+        try: return super().model_validate(obj, **kwargs)
+        except ValidationError as e: raise config_error(e, cls, cls.label(obj if isinstance(obj, dict) else {}), cls.error) from None
+
+    @classmethod
+    def model_validate_json(cls, data, **kwargs):
+        try: return super().model_validate_json(data, **kwargs)
+        except ValidationError as e: raise config_error(e, cls, cls.label({}), cls.error) from None
+
+# %% ../nbs/00_settings.ipynb #7c6e5f10
+@patch
+def __setattr__(self: CheckedModel, name: str, value):
+    "Assignment checks the whole model first; `self` is untouched when the check fails."
+    if name not in type(self).model_fields: return BaseModel.__setattr__(self, name, value)
+    checked = type(self)(**self.assigned(name, value))
+    self.__dict__.update(checked.__dict__); self.model_fields_set.add(name)
+
+@patch
+def assigned(self: CheckedModel, name: str, value) -> dict:
+    "The fields after `name = value`, as the checked copy is made from (a subclass re-derives its derived fields here)."
+    return {**{k: v for k, v in self.__dict__.items() if k not in self.derived or k in self.model_fields_set}, name: value}
+
+# %% ../nbs/00_settings.ipynb #1a9f3b2e
+@patch(cls_method=True)
+def from_overrides(cls: CheckedModel, overrides: dict | None = None, # field -> value; unknown keys are errors
+                   base: CheckedModel | None = None, # start from this model's explicitly set fields (default: the defaults)
+                  ):
+    "A checked model: `base`'s explicitly set fields updated with `overrides`."
+    data = base.model_dump(include=base.model_fields_set - cls.derived) if base is not None else {}
+    return cls(**{**data, **(overrides or {})})
+
+@patch
+def to_dict(self: CheckedModel) -> dict:
+    "Every field as plain JSON-compatible data (what checkpoints, trackers and job stores keep)."
+    return self.model_dump(mode="json")
 
 # %% ../nbs/00_settings.ipynb #7d091566
 class Settings(BaseModel):
@@ -33,6 +138,8 @@ class Settings(BaseModel):
     default_num_epochs: int = Field(10, ge=1, le=200, json_schema_extra={"env": "DEFAULT_NUM_EPOCHS"})
     default_batch_size: int = Field(32, ge=1, le=512, json_schema_extra={"env": "DEFAULT_BATCH_SIZE"})
     default_learning_rate: float = Field(1e-3, ge=1e-6, le=1.0, json_schema_extra={"env": "DEFAULT_LEARNING_RATE"})
+    default_train_ratio: float = Field(0.7, ge=0.5, le=0.9, json_schema_extra={"env": "DEFAULT_TRAIN_RATIO"})
+    default_val_ratio: float = Field(0.15, ge=0.05, le=0.3, json_schema_extra={"env": "DEFAULT_VAL_RATIO"})
     device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra={"env": "FINSIGHT_DEVICE"})
     force_cpu: bool = Field(False, json_schema_extra={"env": "FORCE_CPU"})
     cuda_device_memory_fraction: float = Field(0.8, gt=0.0, le=1.0, json_schema_extra={"env": "CUDA_DEVICE_MEMORY_FRACTION"})
@@ -54,17 +161,9 @@ def env_names() -> dict[str, str]:
     "Field name -> the environment variable that overrides it."
     return {k: f.json_schema_extra["env"] for k, f in Settings.model_fields.items()}
 
-# %% ../nbs/00_settings.ipynb #eab88f8c
 def allowed_range(name: str) -> str:
-    "Human description of what field `name` accepts."
-    f = Settings.model_fields[name]
-    kind = {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(f.annotation, None)
-    if kind is None: return "one of " + ", ".join(repr(a) for a in f.annotation.__args__)
-    b = {k: getattr(m, k) for m in f.metadata for k in ("gt", "ge", "le") if hasattr(m, k)}
-    if "ge" in b and "le" in b: return f"{kind} between {b['ge']} and {b['le']}"
-    lo = f"> {b['gt']}" if "gt" in b else (f">= {b['ge']}" if "ge" in b else None)
-    hi = f"<= {b['le']}" if "le" in b else None
-    return " and ".join([kind] + [x for x in (lo, hi) if x])
+    "Human description of what setting `name` accepts."
+    return describe(Settings.model_fields[name])
 
 # %% ../nbs/00_settings.ipynb #9194cd3e
 def find_settings_file(start: Path | None = None) -> Path | None:
@@ -85,11 +184,13 @@ def load_settings(path: Path | str | None = None, env: dict | None = None) -> Se
     if path is not None:
         if not Path(path).exists(): raise ConfigError(f"settings file {path} does not exist")
         cp = configparser.ConfigParser()
-        cp.read(path)
+        try: cp.read(path)
+        except configparser.Error as e: raise ConfigError(f"{path} is not a valid settings file: {str(e).splitlines()[0]}") from None
         if not cp.has_section("finsight"): raise ConfigError(f"{path} has no [finsight] section")
         for k, v in cp.items("finsight"):
             if k not in Settings.model_fields:
-                raise ConfigError(f"{path} [finsight]: unknown key {k!r}; known keys: {', '.join(Settings.model_fields)}")
+                near = difflib.get_close_matches(k, list(Settings.model_fields), n=1)
+                raise ConfigError(f"{path} [finsight]: unknown key {k!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + f"; known keys: {', '.join(Settings.model_fields)}")
             raw[k], source[k] = v, f"{path.name} [finsight] {k}"
         raw.setdefault("root", str(Path(path).resolve().parent))
     for k, name in env_names().items():
@@ -107,6 +208,35 @@ def get_settings(refresh: bool = False) -> Settings:
     "The process-wide settings (cached)."
     if refresh: _cached_settings.cache_clear()
     return _cached_settings()
+
+# %% ../nbs/00_settings.ipynb #8d3f1c27
+@contextmanager
+def atomic_path(path: str | Path, # the file to (re)place
+                fsync: bool = False, # flush the data to disk before it replaces `path` (checkpoints that must survive a crash)
+               ) -> Iterator[Path]:
+    "A temporary path beside `path` to write to; it replaces `path` when the block ends without error (else it is removed)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f: os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+# %% ../nbs/00_settings.ipynb #2b7d9e44
+def atomic_write(path: str | Path, data: str | bytes, fsync: bool = False) -> Path:
+    "Write `data` (text as UTF-8) to `path` atomically; returns the path."
+    with atomic_path(path, fsync) as tmp: tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+def _jsonable(o):
+    "numpy numbers and arrays, paths, dates and anything else as JSON-friendly values."
+    return o.tolist() if hasattr(o, "tolist") else str(o)
+
+def write_json(path: str | Path, obj, fsync: bool = False) -> Path:
+    "Write `obj` as indented JSON to `path` atomically; returns the path."
+    return atomic_write(path, json.dumps(obj, indent=1, default=_jsonable, allow_nan=True) + "\n", fsync)
 
 # %% ../nbs/00_settings.ipynb #acf8329e
 def resolve_device(settings: Settings | None = None):

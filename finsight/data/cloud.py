@@ -6,22 +6,22 @@ Docs: https://finsight.github.io/finsight/data.cloud.html.md"""
 
 # %% ../../nbs/01a_data.cloud.ipynb #e561e905
 from __future__ import annotations
-import atexit, hashlib, io, json, logging, os, re, socket, subprocess, sys, time, urllib.request, uuid, warnings
+import hashlib, io, json, logging, os, re, socket, sys, uuid, warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 import botocore.exceptions as boto_errors
 import pandas as pd
+from fastcore.basics import patch
 from fsspec.exceptions import FSTimeoutError
-from ..settings import get_settings
+from ..settings import atomic_write, get_settings, redact
 from .sources import (DataLoaderType, DataSourceError, TimeFrame, check_symbol, finish_frame, ohlcv_format,
-                                   pick_source_timeframe, read_ohlcv_bytes, read_ohlcv_file, register_loader)
+                                   pick_source_timeframe, read_ohlcv_bytes, read_ohlcv_file)
 
 # %% auto #0
 __all__ = ['StoreUnreachableError', 'CloudCredentialsError', 'BucketNotFoundError', 'ObjectNotFoundError', 'StaleCacheWarning',
-           'redact', 'cloud_error', 'object_info', 'classify_objects', 'CloudDataLoader', 'CacheStats', 'same_version',
-           'HybridDataLoader', 's3_etag', 'sync_to_cloud', 'mlflow_artifacts_destination', 'mlflow_s3_env', 'free_port',
-           'LocalS3Server']
+           'cloud_error', 'object_info', 'classify_objects', 'CloudDataLoader', 'CacheStats', 'same_version',
+           'HybridDataLoader', 's3_etag', 'sync_to_cloud', 'mlflow_artifacts_destination', 'mlflow_s3_env']
 
 # %% ../../nbs/01a_data.cloud.ipynb #35d5f61c
 class StoreUnreachableError(DataSourceError):
@@ -41,10 +41,6 @@ class StaleCacheWarning(UserWarning):
 
 _log = logging.getLogger(__name__)
 _UNREACHABLE = (ConnectionError, TimeoutError, socket.timeout, FSTimeoutError, boto_errors.ConnectionError, boto_errors.HTTPClientError)
-
-def redact(text) -> str:
-    "`text` with the user:password part of any URL in it masked."
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", str(text))
 
 # %% ../../nbs/01a_data.cloud.ipynb #f966b2ca
 def cloud_error(e: BaseException, # what s3fs, botocore or aiohttp raised
@@ -145,7 +141,8 @@ class CloudDataLoader:
     def __repr__(self): return f"{type(self).__name__}({self.url(self.prefix)!r}, endpoint={self.endpoint!r}, region={self.region!r})"
 
 # %% ../../nbs/01a_data.cloud.ipynb #617ec4cf
-def _fs(self: CloudDataLoader):
+@patch(as_prop=True)
+def fs(self: CloudDataLoader):
     "The fsspec filesystem (s3fs, made on first use)."
     if self._fs is None:
         import s3fs
@@ -157,43 +154,46 @@ def _fs(self: CloudDataLoader):
         self._fs.retries = self.retries + 1  # s3fs's own retries (of dropped connections) on top of botocore's
     return self._fs
 
+@patch
 def _bucket_exists(self: CloudDataLoader) -> bool:
     try: self.fs.info(self.bucket); return True
     except FileNotFoundError: return False
     except Exception: return True  # cannot tell; the first error stands
 
+@patch
 def _error(self: CloudDataLoader, e: BaseException, what: str) -> DataSourceError:
     "The typed error for `e`; a missing key in a missing bucket is reported as the missing bucket."
     if isinstance(e, FileNotFoundError) and "bucket" not in str(e).lower() and not self._bucket_exists():
         e = FileNotFoundError("The specified bucket does not exist")
     return cloud_error(e, what, self.endpoint, self.bucket)
 
+@patch
 def _call(self: CloudDataLoader, what: str, fn, *args, **kwargs):
     "`fn(*args, **kwargs)`, its failures raised as typed errors naming `what`."
     try: return fn(*args, **kwargs)
     except Exception as e: raise self._error(e, what) from None
 
-CloudDataLoader.fs, CloudDataLoader._bucket_exists, CloudDataLoader._error, CloudDataLoader._call = property(_fs), _bucket_exists, _error, _call
-
 # %% ../../nbs/01a_data.cloud.ipynb #6d320df6
+@patch
 def _list(self: CloudDataLoader, folder: str) -> list[dict]:
     "`object_info` of every object under the key `folder`."
     found = self._call(f"{self.url(folder)}/", self.fs.find, f"{self.bucket}/{folder}", detail=True)
     return [object_info(i, self.bucket) for i in found.values() if i.get("type") != "directory"]
 
+@patch
 def _objects(self: CloudDataLoader, symbol: str) -> dict[TimeFrame, list[dict]]:
     "Stored objects of `symbol` by timeframe."
     folder = self.key(check_symbol(symbol))
     return classify_objects(self._list(folder), folder)
 
-def _info(self: CloudDataLoader, key: str) -> dict:
+@patch
+def info(self: CloudDataLoader, key: str) -> dict:
     "`object_info` of the object `key` (a key inside the bucket)."
     return object_info(self._call(self.url(key), self.fs.info, f"{self.bucket}/{key}"), self.bucket)
 
-CloudDataLoader._list, CloudDataLoader._objects, CloudDataLoader.info = _list, _objects, _info
-
 # %% ../../nbs/01a_data.cloud.ipynb #adcfb2a7
-def _list_symbols(self: CloudDataLoader) -> list[str]:
+@patch
+def list_symbols(self: CloudDataLoader) -> list[str]:
     "Every symbol folder under the prefix."
     path = f"{self.bucket}/{self.prefix}".rstrip("/")
     try: found = self.fs.ls(path, detail=True)
@@ -208,39 +208,41 @@ def _is_symbol(name: str) -> bool:
     try: return bool(check_symbol(name))
     except DataSourceError: return False
 
-def _list_timeframes(self: CloudDataLoader, symbol: str) -> list[TimeFrame]:
+@patch
+def list_timeframes(self: CloudDataLoader, symbol: str) -> list[TimeFrame]:
     "Timeframes stored for `symbol` (coarser ones can be resampled from them)."
     objs = self._objects(symbol)
     if not objs: raise self._unknown(symbol)
     return sorted(objs, key=lambda t: t.delta)
 
+@patch
 def _unknown(self: CloudDataLoader, symbol: str) -> DataSourceError:
     return DataSourceError(f"no data for symbol {symbol!r} under {self.url(self.key(symbol))}/ (looked for <timeframe>.<csv|csv.gz|parquet> "
                            f"and <timeframe>/*.csv); symbols there: {', '.join(self.list_symbols()) or 'none'}")
 
-CloudDataLoader.list_symbols, CloudDataLoader.list_timeframes, CloudDataLoader._unknown = _list_symbols, _list_timeframes, _unknown
-
 # %% ../../nbs/01a_data.cloud.ipynb #29eaeb64
-def _read_bytes(self: CloudDataLoader, key: str) -> bytes:
+@patch
+def read_bytes(self: CloudDataLoader, key: str) -> bytes:
     "The content of the object `key`."
     return self._call(self.url(key), self.fs.cat_file, f"{self.bucket}/{key}")
 
+@patch
 def _read_objects(self: CloudDataLoader, objects: list[dict]) -> list[pd.DataFrame]:
     paths = [f"{self.bucket}/{o['key']}" for o in objects]
     data = self._call(self.url(objects[0]["key"]), self.fs.cat, paths, on_error="raise") if len(paths) > 1 else {paths[0]: self.read_bytes(objects[0]["key"])}
     return [read_ohlcv_bytes(data[p] if p in data else data["/" + p], self.url(o["key"])) for p, o in zip(paths, objects)]
 
-def _cloud_load(self: CloudDataLoader, symbol: str, timeframe="1d", start=None, end=None) -> pd.DataFrame:
+@patch
+def load(self: CloudDataLoader, symbol: str, timeframe="1d", start=None, end=None) -> pd.DataFrame:
     "Bars of `symbol` at `timeframe`, resampled from a finer stored timeframe when needed, optionally cut to [start, end]."
     tf, objs = TimeFrame.parse(timeframe), self._objects(symbol)
     if not objs: raise self._unknown(symbol)
     src = pick_source_timeframe(objs, tf, symbol, "stored")
     return finish_frame(self._read_objects(objs[src]), symbol, src, tf, start, end)
 
-CloudDataLoader.read_bytes, CloudDataLoader._read_objects, CloudDataLoader.load = _read_bytes, _read_objects, _cloud_load
-
 # %% ../../nbs/01a_data.cloud.ipynb #1da6467b
-def _save(self: CloudDataLoader, df: pd.DataFrame, symbol: str, timeframe, fmt: str = "parquet", overwrite: bool = False) -> str:
+@patch
+def save(self: CloudDataLoader, df: pd.DataFrame, symbol: str, timeframe, fmt: str = "parquet", overwrite: bool = False) -> str:
     "Store `df` as `<prefix>/<symbol>/<timeframe>.<fmt>` (one PUT: readers never see half an object); returns its URL."
     tf = TimeFrame.parse(timeframe)
     if fmt not in ("parquet", "csv"): raise DataSourceError(f"format {fmt!r}: use 'parquet' or 'csv'")
@@ -251,14 +253,14 @@ def _save(self: CloudDataLoader, df: pd.DataFrame, symbol: str, timeframe, fmt: 
     self._call(self.url(key), self.fs.pipe_file, f"{self.bucket}/{key}", data)
     return self.url(key)
 
+@patch
 def _exists(self: CloudDataLoader, key: str) -> bool:
     try: self.info(key); return True
     except ObjectNotFoundError: return False
 
-CloudDataLoader.save, CloudDataLoader._exists = _save, _exists
-
 # %% ../../nbs/01a_data.cloud.ipynb #fc3ddf06
-def _download(self: CloudDataLoader, key: str, dest: str | Path, chunk_size: int = 16 << 20) -> dict:
+@patch
+def download(self: CloudDataLoader, key: str, dest: str | Path, chunk_size: int = 16 << 20) -> dict:
     "Copy the object `key` into the local file `dest`; returns the `object_info` of what was read."
     n, path = 0, f"{self.bucket}/{key}"
     try:
@@ -268,8 +270,6 @@ def _download(self: CloudDataLoader, key: str, dest: str | Path, chunk_size: int
     except Exception as e: raise self._error(e, self.url(key)) from None
     if n != info["size"]: raise StoreUnreachableError(f"{self.url(key)}: download from {self.endpoint} cut short ({n} of {info['size']} bytes)")
     return info
-
-CloudDataLoader.download = _download
 
 # %% ../../nbs/01a_data.cloud.ipynb #d574dbab
 @dataclass
@@ -288,13 +288,6 @@ class CacheStats:
 def _read_json(path: Path) -> dict | None:
     try: return json.loads(path.read_text())
     except (OSError, ValueError): return None
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    "Write `data` to `path` through a temporary file and one rename."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try: tmp.write_bytes(data); os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
 
 def same_version(cached: dict, remote: dict) -> bool:
     "Do two `object_info`s describe the same object version? ETag and size if both have an ETag, else size and time."
@@ -325,6 +318,7 @@ class HybridDataLoader:
         return data, meta
 
 # %% ../../nbs/01a_data.cloud.ipynb #f3e8ff5e
+@patch
 def _fetch_object(self: HybridDataLoader, obj: dict, path: Path, meta_path: Path) -> pd.DataFrame:
     "Download `obj` to a temporary file, parse it, then move it and its metadata into place."
     tmp_dir = self.cache_dir / ".tmp"; tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -337,14 +331,13 @@ def _fetch_object(self: HybridDataLoader, obj: dict, path: Path, meta_path: Path
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
     meta = {**info, "fetched": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    _write_atomic(meta_path, json.dumps(meta).encode())
+    atomic_write(meta_path, json.dumps(meta))
     self.stats.misses += 1; self.stats.bytes_downloaded += info["size"]
     _log.info("cached %s (%d bytes) in %s", url, info["size"], path)
     return df
 
-HybridDataLoader._fetch_object = _fetch_object
-
 # %% ../../nbs/01a_data.cloud.ipynb #262646c4
+@patch
 def _serve_stale(self: HybridDataLoader, key: str, err: DataSourceError) -> Path:
     "The cached copy of `key`, with a warning; an error naming `key` when there is none."
     path, meta_path = self._paths(key)
@@ -354,6 +347,7 @@ def _serve_stale(self: HybridDataLoader, key: str, err: DataSourceError) -> Path
     self.stats.stale += 1; self.stats.bytes_from_cache += path.stat().st_size
     return path
 
+@patch
 def _warn_stale(self: HybridDataLoader, err, what: str) -> None:
     msg = f"the store cannot be reached, serving cached {what} unchecked: it may be out of date. {err}"
     _log.warning(msg); warnings.warn(msg, StaleCacheWarning, stacklevel=_caller_level())
@@ -364,9 +358,8 @@ def _caller_level() -> int:
     while f is not None and f.f_globals.get("__name__") == __name__: f, level = f.f_back, level + 1
     return level
 
-HybridDataLoader._serve_stale, HybridDataLoader._warn_stale = _serve_stale, _warn_stale
-
 # %% ../../nbs/01a_data.cloud.ipynb #87c6afce
+@patch
 def _ensure(self: HybridDataLoader, obj: dict) -> tuple[Path, pd.DataFrame | None]:
     "Cached path of `obj` (and its frame when just downloaded), fetching it first when missing or out of date."
     path, meta_path = self._paths(obj["key"])
@@ -379,23 +372,24 @@ def _ensure(self: HybridDataLoader, obj: dict) -> tuple[Path, pd.DataFrame | Non
     self.stats.changed += bool(meta)
     return path, df
 
-def _fetch(self: HybridDataLoader, key: str) -> Path:
+@patch
+def fetch(self: HybridDataLoader, key: str) -> Path:
     "Local path of the object `key` (a key inside the bucket), downloaded or refreshed first when needed."
     self._paths(key)
     try: obj = self.cloud.info(key)
     except StoreUnreachableError as e: return self._serve_stale(key, e)
     return self._ensure(obj)[0]
 
-HybridDataLoader._ensure, HybridDataLoader.fetch = _ensure, _fetch
-
 # %% ../../nbs/01a_data.cloud.ipynb #0e50f1d6
+@patch
 def _cached_objects(self: HybridDataLoader, symbol: str) -> dict[TimeFrame, list[dict]]:
     "Objects of `symbol` present in the cache, by timeframe (what can be served offline)."
     folder = self.cloud.key(check_symbol(symbol))
     metas = [_read_json(p) for p in (self.cache_dir / ".meta" / self.cloud.bucket / folder).rglob("*.json")]
     return classify_objects([m for m in metas if m and self._paths(m["key"])[0].is_file()], folder)
 
-def _hybrid_objects(self: HybridDataLoader, symbol: str) -> tuple[dict, StoreUnreachableError | None]:
+@patch
+def _objects(self: HybridDataLoader, symbol: str) -> tuple[dict, StoreUnreachableError | None]:
     "(objects by timeframe, None): the store's listing; (cached objects, the error) when the store cannot be reached."
     try: return self.cloud._objects(symbol), None
     except StoreUnreachableError as e:
@@ -403,9 +397,8 @@ def _hybrid_objects(self: HybridDataLoader, symbol: str) -> tuple[dict, StoreUnr
         if not objs: raise DataSourceError(f"{self.cloud.url(self.cloud.key(symbol))}/: nothing is cached for {symbol!r} in {self.cache_dir}, and {e}") from None
         return objs, e
 
-HybridDataLoader._cached_objects, HybridDataLoader._objects = _cached_objects, _hybrid_objects
-
 # %% ../../nbs/01a_data.cloud.ipynb #a7a7cf09
+@patch
 def _read_cached(self: HybridDataLoader, obj: dict, online: bool) -> pd.DataFrame:
     "Frame of `obj` through the cache; offline, the cached copy as it is."
     if not online: path, df = self._paths(obj["key"])[0], None; self.stats.stale += 1; self.stats.bytes_from_cache += path.stat().st_size
@@ -414,7 +407,8 @@ def _read_cached(self: HybridDataLoader, obj: dict, online: bool) -> pd.DataFram
     try: return read_ohlcv_file(path)
     except DataSourceError as e: raise DataSourceError(f"cached copy of {self.cloud.url(obj['key'])} is unreadable ({e}); delete it or call clear_cache()") from None
 
-def _hybrid_load(self: HybridDataLoader, symbol: str, timeframe="1d", start=None, end=None) -> pd.DataFrame:
+@patch
+def load(self: HybridDataLoader, symbol: str, timeframe="1d", start=None, end=None) -> pd.DataFrame:
     "Bars of `symbol` at `timeframe` through the cache (see `CloudDataLoader.load`)."
     tf, (objs, down) = TimeFrame.parse(timeframe), self._objects(symbol)
     if not objs: raise self.cloud._unknown(symbol)
@@ -422,10 +416,9 @@ def _hybrid_load(self: HybridDataLoader, symbol: str, timeframe="1d", start=None
     if down: self._warn_stale(down, f"{symbol} {src.value} from {self.cache_dir} (fetched {min(o.get('fetched', '?') for o in objs[src])})")
     return finish_frame([self._read_cached(o, down is None) for o in objs[src]], symbol, src, tf, start, end)
 
-HybridDataLoader._read_cached, HybridDataLoader.load = _read_cached, _hybrid_load
-
 # %% ../../nbs/01a_data.cloud.ipynb #fa68e599
-def _hybrid_list_symbols(self: HybridDataLoader) -> list[str]:
+@patch
+def list_symbols(self: HybridDataLoader) -> list[str]:
     "Symbols in the store; the cached ones, with a warning, when it cannot be reached."
     try: return self.cloud.list_symbols()
     except StoreUnreachableError as e:
@@ -433,29 +426,26 @@ def _hybrid_list_symbols(self: HybridDataLoader) -> list[str]:
         self._warn_stale(e, f"symbol list of {folder}")
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and _is_symbol(p.name)) if folder.is_dir() else []
 
-def _hybrid_list_timeframes(self: HybridDataLoader, symbol: str) -> list[TimeFrame]:
+@patch
+def list_timeframes(self: HybridDataLoader, symbol: str) -> list[TimeFrame]:
     "Timeframes stored for `symbol` (cached ones when the store cannot be reached)."
     objs, down = self._objects(symbol)
     if down: self._warn_stale(down, f"timeframes of {symbol}")
     if not objs: raise self.cloud._unknown(symbol)
     return sorted(objs, key=lambda t: t.delta)
 
-HybridDataLoader.list_symbols, HybridDataLoader.list_timeframes = _hybrid_list_symbols, _hybrid_list_timeframes
-
 # %% ../../nbs/01a_data.cloud.ipynb #38e59e3f
-def _usage(self: HybridDataLoader) -> dict:
+@patch
+def usage(self: HybridDataLoader) -> dict:
     "Files and bytes held in the cache for this loader's bucket."
     files = [p for p in (self.cache_dir / self.cloud.bucket).rglob("*") if p.is_file()]
     return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
-def _clear_cache(self: HybridDataLoader) -> None:
+@patch
+def clear_cache(self: HybridDataLoader) -> None:
     "Forget every cached object of this loader's bucket."
     import shutil
     for d in (self.cache_dir / self.cloud.bucket, self.cache_dir / ".meta" / self.cloud.bucket): shutil.rmtree(d, ignore_errors=True)
-
-HybridDataLoader.usage, HybridDataLoader.clear_cache = _usage, _clear_cache
-register_loader(DataLoaderType.CLOUD, CloudDataLoader)
-register_loader(DataLoaderType.HYBRID, HybridDataLoader)
 
 # %% ../../nbs/01a_data.cloud.ipynb #21408ead
 def s3_etag(path: str | Path) -> str:
@@ -522,40 +512,3 @@ def mlflow_s3_env(cloud: CloudDataLoader | None = None) -> dict[str, str]:
     "Environment variables an MLflow server needs to reach the store's endpoint (never credentials)."
     c = cloud or CloudDataLoader()
     return {k: v for k, v in {"MLFLOW_S3_ENDPOINT_URL": c.endpoint_url, "AWS_DEFAULT_REGION": c.region}.items() if v}
-
-# %% ../../nbs/01a_data.cloud.ipynb #fd0189f2
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 that nothing listens on right now."
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-def _die_with_parent():
-    try: import ctypes; ctypes.CDLL("libc.so.6").prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
-    except Exception: pass
-
-# %% ../../nbs/01a_data.cloud.ipynb #09e9082f
-class LocalS3Server:
-    "moto's S3 server on 127.0.0.1 in a child process (`with LocalS3Server() as s3: ...`)."
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # dummy credentials moto accepts
-    def __init__(self, port: int | None = None): self.port, self.proc = port or free_port(), None
-    @property
-    def endpoint_url(self) -> str: return f"http://127.0.0.1:{self.port}"
-    def __repr__(self): return f"LocalS3Server({self.endpoint_url!r}, running={self.running})"
-    @property
-    def running(self) -> bool: return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 30.0) -> "LocalS3Server":
-        "Start the server and wait until it answers."
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        atexit.register(self.stop)
-        for _ in range(int(timeout / 0.05)):
-            if self.proc.poll() is not None: raise DataSourceError(f"moto server on port {self.port} exited with {self.proc.returncode}: is moto[server] installed?")
-            try: urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1); return self
-            except OSError: time.sleep(0.05)
-        self.stop(); raise DataSourceError(f"moto server on port {self.port} did not answer within {timeout} s")
-
-    def stop(self) -> None:
-        "Stop the server (its data is lost)."
-        if self.running: self.proc.terminate(); self.proc.wait(10)
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()

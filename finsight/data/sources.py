@@ -6,19 +6,19 @@ Docs: https://finsight.github.io/finsight/data.sources.html.md"""
 
 # %% ../../nbs/01_data.sources.ipynb #fe56a140
 from __future__ import annotations
-import hashlib, importlib, io, re
+import hashlib, importlib.util, io, re
 from enum import Enum
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from ..settings import FinsightError, get_settings
+from fastcore.basics import patch
+from ..settings import FinsightError, atomic_path, get_settings
 
 # %% auto #0
-__all__ = ['OHLCV_COLUMNS', 'BINANCE_KLINE_COLUMNS', 'REGIMES', 'BUNDLED_SYMBOLS', 'LOADERS', 'DataSourceError', 'TimeFrame',
+__all__ = ['OHLCV_COLUMNS', 'BINANCE_KLINE_COLUMNS', 'REGIMES', 'BUNDLED_SYMBOLS', 'DataSourceError', 'TimeFrame',
            'DataLoaderType', 'normalize_columns', 'to_utc', 'ohlcv_format', 'read_ohlcv_bytes', 'read_ohlcv_file',
-           'frame_from_table', 'infer_timeframe', 'resample_ohlcv', 'synthetic_ohlcv', 'load_bundled',
-           'data_fingerprint', 'check_symbol', 'LocalDataLoader', 'pick_source_timeframe', 'finish_frame',
-           'register_loader', 'get_data_loader']
+           'frame_from_table', 'infer_timeframe', 'resample_ohlcv', 'synthetic_ohlcv', 'bundled_path', 'load_bundled',
+           'data_fingerprint', 'check_symbol', 'LocalDataLoader', 'pick_source_timeframe', 'finish_frame']
 
 # %% ../../nbs/01_data.sources.ipynb #fbb457ca
 class DataSourceError(FinsightError, ValueError):
@@ -170,12 +170,18 @@ def synthetic_ohlcv(n_bars: int = 10_000, # number of bars
                          "regime": names[regime]}, index=idx)
 
 # %% ../../nbs/01_data.sources.ipynb #55880b02
-BUNDLED_SYMBOLS = {"SP500": "arch.data.sp500", "NASDAQ": "arch.data.nasdaq"}
+BUNDLED_SYMBOLS = {"SP500": "sp500/sp500.csv.gz", "NASDAQ": "nasdaq/nasdaq.csv.gz"}  # files in the arch package's data folder
+
+def bundled_path(symbol: str) -> Path:
+    "The file of a bundled symbol inside the installed `arch` package (found without importing arch, which imports scipy)."
+    if symbol not in BUNDLED_SYMBOLS: raise DataSourceError(f"unknown bundled symbol {symbol!r}; bundled: {', '.join(BUNDLED_SYMBOLS)}")
+    spec = importlib.util.find_spec("arch")
+    if spec is None or not spec.submodule_search_locations: raise DataSourceError("the bundled symbols come with the `arch` package, which is not installed")
+    return Path(spec.submodule_search_locations[0]) / "data" / BUNDLED_SYMBOLS[symbol]
 
 def load_bundled(symbol: str) -> pd.DataFrame:
     "Daily bars of a bundled symbol (`SP500`, `NASDAQ`)."
-    if symbol not in BUNDLED_SYMBOLS: raise DataSourceError(f"unknown bundled symbol {symbol!r}; bundled: {', '.join(BUNDLED_SYMBOLS)}")
-    df = frame_from_table(importlib.import_module(BUNDLED_SYMBOLS[symbol]).load(), origin=symbol)
+    df = read_ohlcv_file(bundled_path(symbol))
     df["volume"] = df["volume"].astype("float64")
     return df
 
@@ -190,11 +196,11 @@ def data_fingerprint(df: pd.DataFrame, symbol: str | None = None, timeframe=None
             "symbol": symbol or df.attrs.get("symbol"), "timeframe": getattr(tf, "value", tf)}
 
 # %% ../../nbs/01_data.sources.ipynb #592bdbff
-_SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SYMBOL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 def check_symbol(symbol: str) -> str:
     "`symbol` if it is a plain name (letters, digits, `._-`); refuse anything that could be a path."
-    if not isinstance(symbol, str) or not _SYMBOL_RE.match(symbol) or ".." in symbol:
+    if not isinstance(symbol, str) or not _SYMBOL_RE.fullmatch(symbol) or ".." in symbol:
         raise DataSourceError(f"symbol {symbol!r} is not a plain name (letters, digits, '.', '_', '-'): it could point outside the data root")
     return symbol
 
@@ -216,7 +222,7 @@ class LocalDataLoader:
 
     def list_symbols(self) -> list[str]:
         "Every symbol in the data root, plus the bundled ones."
-        local = [p.name for p in self.root.iterdir() if p.is_dir() and _SYMBOL_RE.match(p.name)] if self.root.is_dir() else []
+        local = [p.name for p in self.root.iterdir() if p.is_dir() and _SYMBOL_RE.fullmatch(p.name)] if self.root.is_dir() else []
         return sorted(set(local) | (set(BUNDLED_SYMBOLS) if self.bundled else set()))
 
     def _files(self, symbol: str) -> dict[TimeFrame, list[Path]]:
@@ -255,7 +261,9 @@ def finish_frame(frames: list[pd.DataFrame], symbol: str, src: TimeFrame, tf: Ti
     df.attrs.update(symbol=symbol, timeframe=tf.value)
     return df
 
-def _load(self: LocalDataLoader, symbol: str, timeframe="1d", start=None, end=None) -> pd.DataFrame:
+# %% ../../nbs/01_data.sources.ipynb #94ab5a7a
+@patch
+def load(self: LocalDataLoader, symbol: str, timeframe="1d", start=None, end=None) -> pd.DataFrame:
     "Bars of `symbol` at `timeframe`, resampled from a finer stored timeframe when needed, optionally cut to [start, end]."
     tf, files = TimeFrame.parse(timeframe), self._files(symbol)
     if files:
@@ -266,36 +274,13 @@ def _load(self: LocalDataLoader, symbol: str, timeframe="1d", start=None, end=No
         return finish_frame([load_bundled(symbol)], symbol, tf, tf, start, end)
     raise self._unknown(symbol)
 
-LocalDataLoader.load = _load
-
 # %% ../../nbs/01_data.sources.ipynb #b7116f26
-def _save(self: LocalDataLoader, df: pd.DataFrame, symbol: str, timeframe, fmt: str = "parquet", overwrite: bool = False) -> Path:
+@patch
+def save(self: LocalDataLoader, df: pd.DataFrame, symbol: str, timeframe, fmt: str = "parquet", overwrite: bool = False) -> Path:
     "Store `df` as `<root>/<symbol>/<timeframe>.<fmt>`; an existing file is kept unless `overwrite`."
     tf = TimeFrame.parse(timeframe)
     if fmt not in ("parquet", "csv"): raise DataSourceError(f"format {fmt!r}: use 'parquet' or 'csv'")
     path = self._folder(symbol) / f"{tf.value}.{fmt}"
     if path.exists() and not overwrite: raise DataSourceError(f"{path} already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp) if fmt == "parquet" else df.to_csv(tmp, index_label="timestamp")
-    tmp.replace(path)
+    with atomic_path(path) as tmp: df.to_parquet(tmp) if fmt == "parquet" else df.to_csv(tmp, index_label="timestamp")
     return path
-
-LocalDataLoader.save = _save
-
-# %% ../../nbs/01_data.sources.ipynb #b4a21e80
-LOADERS: dict[DataLoaderType, type] = {DataLoaderType.LOCAL: LocalDataLoader}
-_LOADER_MODULES = {DataLoaderType.CLOUD: "finsight.data.cloud", DataLoaderType.HYBRID: "finsight.data.cloud"}
-
-def register_loader(kind: DataLoaderType, cls: type) -> None:
-    "Make `cls` the loader for `kind`."
-    LOADERS[DataLoaderType(kind)] = cls
-
-def get_data_loader(kind=None, **kwargs):
-    "A loader of `kind` (default: the settings' `data_loader_type`)."
-    try: kind = DataLoaderType(kind or get_settings().data_loader_type)
-    except ValueError: raise DataSourceError(f"unknown data loader type {kind!r}; use one of {', '.join(k.value for k in DataLoaderType)}") from None
-    if kind not in LOADERS and kind in _LOADER_MODULES:
-        try: importlib.import_module(_LOADER_MODULES[kind])
-        except ModuleNotFoundError as e: raise DataSourceError(f"the {kind.value} loader is not available: {e}") from e
-    return LOADERS[kind](**kwargs)

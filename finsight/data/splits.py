@@ -8,7 +8,7 @@ Docs: https://finsight.github.io/finsight/data.splits.html.md"""
 from __future__ import annotations
 from dataclasses import dataclass
 import pandas as pd
-from ..settings import ConfigError
+from ..settings import ConfigError, get_settings
 from .validation import ValidationConstants
 
 # %% auto #0
@@ -44,11 +44,12 @@ class DataSplit:
         return "DataSplit(" + ", ".join(f"{p}={len(self.targets(p))} rows {self.targets(p).index[0]} .. {self.targets(p).index[-1]}" for p in ("train", "val", "test")) + ")"
 
 # %% ../../nbs/03_data.splits.ipynb #8484fab9
-def temporal_split(df: pd.DataFrame, train_ratio: float = 0.7, val_ratio: float = 0.15,
+def temporal_split(df: pd.DataFrame, train_ratio: float | None = None, val_ratio: float | None = None, # default: the settings' (0.7, 0.15)
                    context_length: int = 0, # history bars that val/test may reach back for their first window
                    min_part_rows: int = 1, # each part must hold at least this many target rows
                   ) -> DataSplit:
     "Split `df` in time order by ratio; validation and test begin with up to `context_length` bars of history."
+    s = get_settings(); train_ratio, val_ratio = train_ratio or s.default_train_ratio, val_ratio or s.default_val_ratio
     check_ratios(train_ratio, val_ratio)
     if not df.index.is_monotonic_increasing: raise ConfigError("rows must be in time order before splitting: validate the data first")
     n = len(df); a = int(round(n * train_ratio)); b = int(round(n * (train_ratio + val_ratio)))

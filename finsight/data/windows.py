@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from ..settings import FinsightError
 from .splits import DataSplit
 
@@ -86,7 +87,8 @@ class WindowDataset(torch.utils.data.Dataset):
         return self._xw[s].transpose(1, 2), self._yw[s + self.ctx]
 
 # %% ../../nbs/04_data.windows.ipynb #a6f1a433
-def _window_info(self: WindowDataset) -> dict:
+@patch
+def window_info(self: WindowDataset) -> dict:
     "For every window: the last close it saw, the closes it forecasts, and the timestamps they are for."
     s = self.starts.numpy(); last = s + self.ctx - 1
     fut = last[:, None] + np.arange(1, self.h + 1)
@@ -94,12 +96,11 @@ def _window_info(self: WindowDataset) -> dict:
     if self.index is not None: out["origin"], out["target_time"] = self.index[last], self.index[fut[:, 0]]
     return out
 
-def _batches(self: WindowDataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+@patch
+def batches(self: WindowDataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
     "Iterate over (inputs, targets) batches; shuffled with `generator` when asked."
     order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
     for i in range(0, len(order), batch_size): yield self.batch(order[i:i + batch_size])
-
-WindowDataset.window_info, WindowDataset.batches = _window_info, _batches
 
 # %% ../../nbs/04_data.windows.ipynb #5f34549a
 @dataclass
