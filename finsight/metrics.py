@@ -1,4 +1,4 @@
-"""Forecast errors in price units, always beside the naive last-value forecast on the very same windows.
+"""Forecast errors in price units, always beside the naive last-value forecast on the very same windows; classification metrics beside the majority class.
 
 Docs: https://finsight.github.io/finsight/metrics.html.md"""
 
@@ -6,11 +6,13 @@ Docs: https://finsight.github.io/finsight/metrics.html.md"""
 
 # %% ../nbs/30_metrics.ipynb #8a9a021e
 from __future__ import annotations
+from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['forecast_errors', 'naive_forecast', 'compare_to_naive', 'errors_by_step']
+__all__ = ['forecast_errors', 'naive_forecast', 'ForecastMetrics', 'compare_to_naive', 'errors_by_step', 'confusion_matrix',
+           'classification_metrics', 'majority_class']
 
 # %% ../nbs/30_metrics.ipynb #702c25a3
 def forecast_errors(actual: np.ndarray, pred: np.ndarray) -> dict:
@@ -27,15 +29,26 @@ def naive_forecast(last_value: np.ndarray, horizon: int) -> np.ndarray:
     return np.repeat(np.asarray(last_value, "float64")[:, None], horizon, axis=1)
 
 # %% ../nbs/30_metrics.ipynb #c7eaa325
-def compare_to_naive(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray, prefix: str = "") -> dict:
-    "Model metrics, naive metrics on the same windows, MASE and skill; keys prefixed with `prefix`."
+@dataclass
+class ForecastMetrics:
+    "A model's errors on a set of windows beside the naive forecast's on the same windows, and their ratios."
+    mae: float; mse: float; rmse: float; mape: float
+    naive_mae: float; naive_mse: float; naive_rmse: float; naive_mape: float
+    mase: float  # model MAE / naive MAE on the same windows (below 1: better than naive)
+    skill: float  # 1 - model MSE / naive MSE (above 0: better than naive)
+    windows: int
+
+    def to_dict(self, prefix: str = "") -> dict:
+        "The fields as a flat dict, keys prefixed with `prefix` (`val_mae`, ...): what trackers and leaderboards keep."
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+
+def compare_to_naive(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray) -> ForecastMetrics:
+    "Model metrics, naive metrics on the same windows, MASE and skill."
     a = np.asarray(actual, "float64")
     model, naive = forecast_errors(a, pred), forecast_errors(a, naive_forecast(last_value, a.shape[1]))
-    out = {**model, **{f"naive_{k}": v for k, v in naive.items()},
-           "mase": model["mae"] / naive["mae"] if naive["mae"] > 0 else float("nan"),
-           "skill": 1 - model["mse"] / naive["mse"] if naive["mse"] > 0 else float("nan"),
-           "windows": int(a.shape[0])}
-    return {f"{prefix}{k}": v for k, v in out.items()}
+    return ForecastMetrics(**model, **{f"naive_{k}": v for k, v in naive.items()},
+                           mase=model["mae"] / naive["mae"] if naive["mae"] > 0 else float("nan"),
+                           skill=1 - model["mse"] / naive["mse"] if naive["mse"] > 0 else float("nan"), windows=int(a.shape[0]))
 
 # %% ../nbs/30_metrics.ipynb #46cfed2d
 def errors_by_step(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray) -> pd.DataFrame:
@@ -44,3 +57,24 @@ def errors_by_step(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray)
     n = naive_forecast(last_value, a.shape[1])
     mae, nmae = np.abs(p - a).mean(0), np.abs(n - a).mean(0)
     return pd.DataFrame({"mae": mae, "naive_mae": nmae, "mase": mae / np.where(nmae > 0, nmae, np.nan)}, index=pd.RangeIndex(1, a.shape[1] + 1, name="step"))
+
+# %% ../nbs/30_metrics.ipynb #5d6e7f0f
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    "Counts (n_classes, n_classes): row = true class, column = predicted class."
+    y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
+    return np.bincount(n_classes * y_true + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+def classification_metrics(y_true, y_pred, labels: list[str], prefix: str = "") -> dict:
+    "Accuracy, macro F1 and per-class precision, recall and F1 (0 where undefined) of class indices."
+    cm = confusion_matrix(y_true, y_pred, len(labels)); tp = np.diag(cm).astype(float)
+    prec = np.divide(tp, cm.sum(0), out=np.zeros_like(tp), where=cm.sum(0) > 0)
+    rec = np.divide(tp, cm.sum(1), out=np.zeros_like(tp), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=prec + rec > 0)
+    present = (cm.sum(0) + cm.sum(1)) > 0
+    out = {"accuracy": tp.sum() / max(cm.sum(), 1), "macro_f1": float(f1[present].mean()) if present.any() else 0.0, "examples": int(cm.sum())}
+    for i, l in enumerate(labels): out |= {f"precision_{l}": prec[i], f"recall_{l}": rec[i], f"f1_{l}": f1[i]}
+    return {prefix + k: (float(v) if k != "examples" else v) for k, v in out.items()}
+
+def majority_class(labels, n_classes: int) -> int:
+    "The most frequent class index (the lowest one on ties)."
+    return int(np.bincount(np.asarray(labels, int), minlength=n_classes).argmax())

@@ -6,39 +6,26 @@ Docs: https://finsight.github.io/finsight/models.html.md"""
 
 # %% ../nbs/20_models.ipynb #340f79e1
 from __future__ import annotations
-import difflib, operator, re, typing
+import operator, re
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Callable, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from .settings import ConfigError, FinsightError, get_settings
+from fastcore.basics import patch
+from pydantic import Field, model_validator
+from .settings import CheckedModel, ConfigError, FinsightError, atomic_path, describe, get_settings
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'ModelError', 'ModelConfig', 'ModelType', 'BaseTimeSeriesAdapter', 'load_adapter', 'ModelFactory',
-           'HFForecaster', 'patchtst_config', 'PatchTSTAdapter', 'patchtsmixer_config', 'PatchTSMixerAdapter',
-           'check_adapter', 'MovingAverage', 'DLinear', 'DLinearAdapter']
+__all__ = ['CHECKPOINT_FORMAT', 'ModelError', 'ModelConfig', 'ModelType', 'ModelAdapter', 'BaseTimeSeriesAdapter', 'load_adapter',
+           'ModelFactory', 'HFForecaster', 'patchtst_config', 'PatchTSTAdapter', 'patchtsmixer_config',
+           'PatchTSMixerAdapter', 'check_adapter', 'MovingAverage', 'DLinear', 'DLinearAdapter']
 
 # %% ../nbs/20_models.ipynb #c8dfa875
 class ModelError(FinsightError, ValueError):
     "A model cannot be built, fed or restored as asked: the message says what does not fit."
-
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
-_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-
-def _describe(field) -> str:
-    "What a pydantic field accepts, in words (`an integer between 10 and 512`)."
-    ann, args = field.annotation, typing.get_args(field.annotation)
-    if typing.get_origin(ann) is Literal: return "one of " + ", ".join(map(repr, args))
-    if typing.get_origin(ann) is dict: return "a mapping of names to numbers, text or true/false"
-    inner = [a for a in args if a is not type(None)] or [ann]
-    kind = _KINDS.get(inner[0], getattr(inner[0], "__name__", str(inner[0])))
-    b = {k: getattr(m, k) for m in field.metadata for k in _OPS if getattr(m, k, None) is not None}
-    rng = f" between {b['ge']} and {b['le']}" if b.keys() == {"ge", "le"} else "".join(f"{' and' if i else ''} {_OPS[k]} {v}" for i, (k, v) in enumerate(b.items()))
-    return kind + rng + (" (or null)" if type(None) in args else "")
 
 def _setting(name: str):
     "A default factory reading `name` from the workbench settings when a config is made."
@@ -61,28 +48,10 @@ def _check_config(c):
     if c.d_model % c.n_heads: raise ConfigError(f"d_model={c.d_model} must be divisible by n_heads={c.n_heads}")
     return c
 
-# %% ../nbs/20_models.ipynb #fe6b8bc7
-def _config_error(e: ValidationError, fields: dict) -> ConfigError:
-    "One readable `ConfigError` for all the problems pydantic found (`fields`: the model's fields)."
-    inner = e.errors()[0].get("ctx", {}).get("error")
-    if isinstance(inner, ConfigError):  # a cross-field check, or a nested ModelConfig(...) call: one message already
-        return inner if str(inner).startswith("ModelConfig: ") else ConfigError(f"ModelConfig: {inner}")
-    msgs, seen = [], set()
-    for err in e.errors():
-        loc = err["loc"]
-        if loc[:1] in seen: continue
-        seen.add(loc[:1])
-        if err["type"] == "extra_forbidden":
-            near = difflib.get_close_matches(str(loc[0]), fields, n=1)
-            msgs.append(f"unknown key {loc[0]!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + f"; known keys: {', '.join(fields)}")
-        elif not loc: msgs.append(err["msg"])
-        else: msgs.append(f"{'.'.join(map(str, loc[:2]))}={err['input']!r} is invalid: must be {_describe(fields[loc[0]])}")
-    return ConfigError("ModelConfig: " + "; ".join(msgs))
-
 # %% ../nbs/20_models.ipynb #e6536f12
-class ModelConfig(BaseModel):
+class ModelConfig(CheckedModel):
     "Hyperparameters of a forecasting model and its training; every field is range-checked."
-    model_config = ConfigDict(extra="forbid")
+    derived: ClassVar[frozenset] = frozenset({"num_patches"})
     context_length: int = Field(default_factory=_setting("default_context_length"), ge=10, le=512)  # bars of history per window
     prediction_length: int = Field(default_factory=_setting("default_prediction_length"), ge=1, le=24)  # bars forecast
     num_epochs: int = Field(default_factory=_setting("default_num_epochs"), ge=1, le=200)
@@ -115,63 +84,33 @@ class ModelConfig(BaseModel):
     @model_validator(mode="after")
     def _derive_and_check(self): return _check_config(self)
 
-    def __init__(self, **data):
-        try: super().__init__(**data)
-        except ValidationError as e: raise _config_error(e, type(self).model_fields) from None
-
-    @classmethod
-    def model_validate(cls, obj, **kwargs) -> ModelConfig:
-        try: return super().model_validate(obj, **kwargs)
-        except ValidationError as e: raise _config_error(e, cls.model_fields) from None
-
-    @classmethod
-    def model_validate_json(cls, data, **kwargs) -> ModelConfig:
-        try: return super().model_validate_json(data, **kwargs)
-        except ValidationError as e: raise _config_error(e, cls.model_fields) from None
-
-    def __setattr__(self, name: str, value):
-        if name not in type(self).model_fields: return super().__setattr__(name, value)
+    def assigned(self, name: str, value) -> dict:
+        "The fields after `name = value`: `num_patches` (and a stride never set) follow the geometry they derive from."
         data = {**self.__dict__, name: value}
-        if name in ("context_length", "patch_length", "patch_stride"):  # what num_patches (and an unset stride) derive from
+        if name in ("context_length", "patch_length", "patch_stride"):
             data["num_patches"] = None
             if "patch_stride" not in self.model_fields_set and name != "patch_stride": data["patch_stride"] = None
-        checked = type(self)(**data)  # raises ConfigError; self is untouched until it passes
-        self.__dict__.update(checked.__dict__); self.model_fields_set.add(name)
+        return data
 
-# %% ../nbs/20_models.ipynb #ac15609a
-def _from_overrides(cls, overrides: dict | None = None, # field -> value; unknown keys are errors
-                    base: ModelConfig | None = None, # start from this config (default: the defaults)
-                   ) -> ModelConfig:
-    "A checked config: `base`'s explicitly set fields updated with `overrides`."
-    data = base.model_dump(include=base.model_fields_set - {"num_patches"}) if base is not None else {}
-    return cls(**{**data, **(overrides or {})})
+    @property
+    def use_mixed_precision(self) -> bool:
+        "`mixed_precision`, or the settings' `enable_mixed_precision` when it is None."
+        return get_settings().enable_mixed_precision if self.mixed_precision is None else self.mixed_precision
 
-def _to_dict(self: ModelConfig) -> dict:
-    "Every field as plain JSON-compatible data (what checkpoints and trackers store)."
-    return self.model_dump(mode="json")
+    @property
+    def hf_scaling(self) -> str | None:
+        "The per-window scaling the model applies: `'std'`, `'mean'` or None (`'auto'`: `'std'` for price targets only)."
+        s = ("std" if self.target_transform == "price" else "none") if self.scaling == "auto" else self.scaling
+        return None if s == "none" else s
 
-def _to_json(self: ModelConfig) -> str: return self.model_dump_json(indent=1)
-
-ModelConfig.from_overrides = classmethod(_from_overrides)
-ModelConfig.to_dict, ModelConfig.to_json = _to_dict, _to_json
-
-# %% ../nbs/20_models.ipynb #3bfa8f98
-def _use_mixed_precision(self: ModelConfig) -> bool:
-    "`mixed_precision`, or the settings' `enable_mixed_precision` when it is None."
-    return get_settings().enable_mixed_precision if self.mixed_precision is None else self.mixed_precision
-
-def _hf_scaling(self: ModelConfig) -> str | None:
-    "The per-window scaling the model applies: `'std'`, `'mean'` or None (`'auto'`: `'std'` for price targets only)."
-    s = ("std" if self.target_transform == "price" else "none") if self.scaling == "auto" else self.scaling
-    return None if s == "none" else s
-
-ModelConfig.use_mixed_precision, ModelConfig.hf_scaling = property(_use_mixed_precision), property(_hf_scaling)
+    def to_json(self) -> str: return self.model_dump_json(indent=1)
 
 # %% ../nbs/20_models.ipynb #433cadc2
 class ModelType(str, Enum):
     "Model families; `ModelFactory.register_model` adds more at run time."
     PATCHTST = "patchtst"
     PATCHTSMIXER = "patchtsmixer"
+    CUSTOM = "custom"  # yours: `ModelFactory.register_model(ModelType.CUSTOM, YourAdapter)`
 
     @classmethod
     def _missing_(cls, value):
@@ -190,9 +129,34 @@ class ModelType(str, Enum):
         except ValueError: raise ConfigError(f"unknown model type {value!r}; available: {', '.join(ModelFactory.available())}") from None
 
 # %% ../nbs/20_models.ipynb #e4ee99c7
-class BaseTimeSeriesAdapter:
+class ModelAdapter:
+    "What the trainer trains: `module` built from `config`, an optional `loss(pred, target)`, checkpoints as plain data."
+    model_type: str = ""  # the name checkpoints record (`ModelFactory.register_model` sets it for forecasters)
+    loss: Callable | None = None  # the training loss, a mean over the batch (None: mean squared error)
+
+    @property
+    def name(self) -> str:
+        "The model type's name."
+        return str(getattr(self.model_type, "value", self.model_type))
+    @property
+    def device(self) -> torch.device: return next(self.module.parameters(), torch.empty(0)).device
+    @property
+    def num_parameters(self) -> int: return sum(p.numel() for p in self.module.parameters())
+    def to(self, device) -> ModelAdapter:
+        "Move the module to `device`; returns the adapter."
+        self.module.to(device); return self
+    def layout(self) -> dict:
+        "What a checkpoint records besides the config to rebuild the module (a forecaster: its channels)."
+        return {}
+    @classmethod
+    def from_state(cls, state: dict, source: str = "checkpoint") -> ModelAdapter:
+        "The adapter a checkpoint dict describes (each kind of adapter knows how to rebuild itself)."
+        raise NotImplementedError(f"{cls.__name__} cannot restore itself from a checkpoint")
+
+# %% ../nbs/20_models.ipynb #812cfc68
+class BaseTimeSeriesAdapter(ModelAdapter):
     "A forecaster: `module` maps past_values (batch, context, channels) to the target's forecast (batch, horizon)."
-    model_type: str = ""  # set by `ModelFactory.register_model`
+    _train_model: Callable | None = None  # a subclass that trains itself: `_train_model(train, val, **fit_kwargs) -> TrainResult | None`
 
     def __init__(self, config: ModelConfig | dict, # hyperparameters (a dict is checked into a `ModelConfig`)
                  n_channels: int, # feature channels in each window
@@ -210,33 +174,13 @@ class BaseTimeSeriesAdapter:
             self.module = self._create_model()
 
     def _create_model(self) -> nn.Module: raise NotImplementedError(f"{type(self).__name__} must implement _create_model()")
-
-    def _train_model(self, train_dataset, val_dataset=None, **kwargs):
-        from finsight.training import fit
-        return fit(self, train_dataset, val_dataset, **kwargs)
-
-    def fit(self, train_dataset, val_dataset=None, **kwargs):
-        "Train `module` on the datasets with `finsight.training.fit`; returns what it returns."
-        return self._train_model(train_dataset, val_dataset, **kwargs)
-
-# %% ../nbs/20_models.ipynb #f2e5c47e
-def _device(self: BaseTimeSeriesAdapter) -> torch.device:
-    return next(self.module.parameters(), torch.empty(0)).device
-
-def _to(self: BaseTimeSeriesAdapter, device) -> BaseTimeSeriesAdapter:
-    "Move the module to `device`; returns the adapter."
-    self.module.to(device); return self
-
-def _num_parameters(self: BaseTimeSeriesAdapter) -> int: return sum(p.numel() for p in self.module.parameters())
-
-def _repr(self: BaseTimeSeriesAdapter) -> str:
-    return (f"{type(self).__name__}({getattr(self.model_type, 'value', self.model_type)}, {self.n_channels} channels, target {self.target_index}, "
-            f"context {self.config.context_length}, horizon {self.config.prediction_length}, {self.num_parameters:,} parameters)")
-
-BaseTimeSeriesAdapter.device, BaseTimeSeriesAdapter.num_parameters = property(_device), property(_num_parameters)
-BaseTimeSeriesAdapter.to, BaseTimeSeriesAdapter.__repr__ = _to, _repr
+    def layout(self) -> dict: return {"n_channels": self.n_channels, "target_index": self.target_index}
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name}, {self.n_channels} channels, target {self.target_index}, "
+                f"context {self.config.context_length}, horizon {self.config.prediction_length}, {self.num_parameters:,} parameters)")
 
 # %% ../nbs/20_models.ipynb #3a707ba1
+@patch
 def _check_input(self: BaseTimeSeriesAdapter, x: torch.Tensor) -> None:
     "Raise `ModelError` unless `x` is (batch, context_length, n_channels) and finite."
     want = (self.config.context_length, self.n_channels)
@@ -245,8 +189,9 @@ def _check_input(self: BaseTimeSeriesAdapter, x: torch.Tensor) -> None:
                          f"context_length={want[0]} bars of {want[1]} channels")
     if not torch.isfinite(x).all(): raise ModelError(f"past_values holds {int((~torch.isfinite(x)).sum())} NaN or infinite values")
 
+@patch
 @torch.no_grad()
-def _predict(self: BaseTimeSeriesAdapter, past_values, # (batch, context, channels) or one window (context, channels)
+def predict(self: BaseTimeSeriesAdapter, past_values, # (batch, context, channels) or one window (context, channels)
              batch_size: int | None = None, # windows per forward pass (default: config.batch_size)
             ) -> np.ndarray:
     "Forecasts of the target, (batch, horizon), or (horizon,) for a single window."
@@ -260,8 +205,6 @@ def _predict(self: BaseTimeSeriesAdapter, past_values, # (batch, context, channe
     finally: self.module.train(was_training)
     y = torch.cat(out).numpy() if out else np.zeros((0, self.config.prediction_length), np.float32)
     return y[0] if single else y
-
-BaseTimeSeriesAdapter._check_input, BaseTimeSeriesAdapter.predict = _check_input, _predict
 
 # %% ../nbs/20_models.ipynb #ace49ba5
 CHECKPOINT_FORMAT = "finsight.model/1"
@@ -280,30 +223,28 @@ def _plain(obj, where: str = "extra"):
     raise ModelError(f"{where} is a {type(obj).__name__}, which a weights-only checkpoint cannot hold; use dicts, lists, numbers, strings, arrays or tensors")
 
 # %% ../nbs/20_models.ipynb #d2ccc3aa
-def _state(self: BaseTimeSeriesAdapter, extra: dict | None = None, # default: `self.extra`
+@patch
+def state(self: ModelAdapter, extra: dict | None = None, # default: `self.extra`
           ) -> dict:
     "Everything `load` needs, as data that `torch.load(weights_only=True)` reads."
     if not self.model_type: raise ModelError(f"{type(self).__name__} is not registered: call ModelFactory.register_model(name, {type(self).__name__}) first")
     module = getattr(self.module, "_orig_mod", self.module)  # unwrap torch.compile
-    return {"format": CHECKPOINT_FORMAT, "model_type": ModelType.parse(self.model_type).value, "config": self.config.to_dict(),
-            "n_channels": self.n_channels, "target_index": self.target_index,
+    return {"format": CHECKPOINT_FORMAT, "model_type": self.name, "config": self.config.to_dict(), **self.layout(),
             "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
             "extra": _plain(self.extra if extra is None else extra)}
 
-def _save(self: BaseTimeSeriesAdapter, path: str | Path, extra: dict | None = None) -> Path:
+@patch
+def save(self: ModelAdapter, path: str | Path, extra: dict | None = None) -> Path:
     "Write `state(extra)` to `path` (atomically); returns the path."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(self.state(extra), tmp); tmp.replace(path)
-    return path
-
-BaseTimeSeriesAdapter.state, BaseTimeSeriesAdapter.save = _state, _save
+    with atomic_path(path) as tmp: torch.save(self.state(extra), tmp)
+    return Path(path)
 
 # %% ../nbs/20_models.ipynb #0a78d3a8
 _ARCH_FIELDS = ("context_length", "prediction_length", "patch_length", "patch_stride", "d_model", "n_heads", "num_layers",
                 "expansion_factor", "channel_mixing", "scaling", "target_transform", "model_params")
 
-def _load_weights(self: BaseTimeSeriesAdapter, state_dict: dict, source: str = "checkpoint") -> None:
+@patch
+def _load_weights(self: ModelAdapter, state_dict: dict, source: str = "checkpoint") -> None:
     "Copy `state_dict` into `module`; `ModelError` listing missing, unexpected and misshapen tensors otherwise."
     own = self.module.state_dict()
     missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
@@ -314,11 +255,11 @@ def _load_weights(self: BaseTimeSeriesAdapter, state_dict: dict, source: str = "
         raise ModelError(f"{source} does not fit this {type(self).__name__}: " + "; ".join(parts))
     self.module.load_state_dict(state_dict)
 
-def _load_state(self: BaseTimeSeriesAdapter, state: dict | str | Path) -> BaseTimeSeriesAdapter:
+@patch
+def load_state(self: BaseTimeSeriesAdapter, state: dict | str | Path) -> BaseTimeSeriesAdapter:
     "Load a checkpoint (or its path) into this adapter after checking that it was made for the same model."
     source, state = (str(state), _read_checkpoint(state)) if isinstance(state, (str, Path)) else ("checkpoint", state)
-    mine = {"model_type": ModelType.parse(self.model_type).value, "n_channels": self.n_channels, "target_index": self.target_index,
-            **{k: v for k, v in self.config.to_dict().items() if k in _ARCH_FIELDS}}
+    mine = {"model_type": self.name, **self.layout(), **{k: v for k, v in self.config.to_dict().items() if k in _ARCH_FIELDS}}
     saved = {"model_type": state["model_type"], "n_channels": state["n_channels"], "target_index": state["target_index"],
              **{k: state["config"].get(k) for k in _ARCH_FIELDS}}
     diff = [f"{k} (saved {saved[k]!r}, here {v!r})" for k, v in mine.items() if saved[k] != v]
@@ -326,8 +267,6 @@ def _load_state(self: BaseTimeSeriesAdapter, state: dict | str | Path) -> BaseTi
     self._load_weights(state["state_dict"], source)
     self.extra = state.get("extra", {})
     return self
-
-BaseTimeSeriesAdapter._load_weights, BaseTimeSeriesAdapter.load_state = _load_weights, _load_state
 
 # %% ../nbs/20_models.ipynb #57167039
 def _read_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -339,24 +278,24 @@ def _read_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise ModelError(f"{path}: not a FinSight model checkpoint (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r}, expected {CHECKPOINT_FORMAT!r})")
     return state
 
-def _from_state(cls, state: dict, source: str = "checkpoint") -> BaseTimeSeriesAdapter:
+@patch(cls_method=True)
+def from_state(cls: BaseTimeSeriesAdapter, state: dict, source: str = "checkpoint") -> BaseTimeSeriesAdapter:
     "The adapter a checkpoint dict describes, rebuilt through `ModelFactory` and loaded."
     try: mt = ModelType.parse(state["model_type"])
     except ConfigError as e: raise ModelError(f"{source}: {e}; import the module that registers it first") from None
     klass = ModelFactory.adapter_class(mt)
     if not issubclass(klass, cls): raise ModelError(f"{source} holds a {mt.value} model ({klass.__name__}), not a {cls.__name__}")
-    if klass.from_state.__func__ is not _from_state: return klass.from_state(state, source)   # an adapter that restores itself
+    if klass.from_state.__func__ is not BaseTimeSeriesAdapter.from_state.__func__: return klass.from_state(state, source)   # an adapter that restores itself
     adapter = ModelFactory.create(mt, ModelConfig(**state["config"]), state["n_channels"], state["target_index"])
     if not isinstance(adapter, cls): raise ModelError(f"{source} holds a {mt.value} model ({type(adapter).__name__}), not a {cls.__name__}")
     adapter._load_weights(state["state_dict"], source)
     adapter.extra = state.get("extra", {})
     return adapter
 
-def _load(cls, path: str | Path, map_location="cpu") -> BaseTimeSeriesAdapter:
+@patch(cls_method=True)
+def load(cls: ModelAdapter, path: str | Path, map_location="cpu") -> ModelAdapter:
     "The adapter saved at `path` (any registered type when called on `BaseTimeSeriesAdapter`)."
     return cls.from_state(_read_checkpoint(path, map_location), source=str(path))
-
-BaseTimeSeriesAdapter.from_state, BaseTimeSeriesAdapter.load = classmethod(_from_state), classmethod(_load)
 
 def load_adapter(path: str | Path, map_location="cpu") -> BaseTimeSeriesAdapter:
     "The adapter saved at `path`, of whatever registered type it is."
@@ -394,7 +333,9 @@ class ModelFactory:
     @classmethod
     def adapter_class(cls, model_type: ModelType | str) -> type:
         "The adapter class registered for `model_type`."
-        return cls._adapters[ModelType.parse(model_type).value]
+        mt = ModelType.parse(model_type)
+        if mt.value not in cls._adapters: raise ConfigError(f"model type {mt.value!r} has no adapter: register one with ModelFactory.register_model(ModelType.{mt.name}, YourAdapter)")
+        return cls._adapters[mt.value]
 
     @classmethod
     def create(cls, model_type: ModelType | str, config: ModelConfig | dict | None = None, n_channels: int = 1, target_index: int = 0) -> BaseTimeSeriesAdapter:

@@ -6,33 +6,36 @@ Docs: https://finsight.github.io/finsight/training.html.md"""
 
 # %% ../nbs/31_training.ipynb #6217face
 from __future__ import annotations
-import asyncio, copy, random, time
+import asyncio, random, re, time
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
-from .settings import FinsightError, get_settings, resolve_device, release_device_memory
+from .settings import ConfigError, FinsightError, atomic_path, get_settings, resolve_device, release_device_memory
 from .data.sources import TimeFrame
 from .data.validation import validate_ohlcv
 from .data.splits import DataSplit
 from .data.windows import TargetTransform, WindowDataset, Windows, make_windows
 from .features import BasicFeatureEngineering, cut_at
-from .models import BaseTimeSeriesAdapter, ModelConfig, ModelError, ModelFactory, ModelType
-from .metrics import compare_to_naive, naive_forecast
+from .models import BaseTimeSeriesAdapter, ModelAdapter, ModelConfig, ModelError, ModelFactory, ModelType
+from .metrics import ForecastMetrics, compare_to_naive, naive_forecast
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'TrainingError', 'CheckpointError', 'TrainingJobStatus', 'TrainingProgressUpdate', 'precision_plan',
-           'FastDropout', 'NarrowSoftmax', 'cpu_fast_paths', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'fit',
-           'make_optimizer', 'forecast_windows', 'evaluate', 'TrainedModel', 'predict', 'ModelCache', 'plot_history',
-           'plot_forecast', 'prepare_windows', 'ModelTrainingFacade']
+           'FastDropout', 'NarrowSoftmax', 'cpu_fast_paths', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
+           'TrainState', 'make_optimizer', 'fit', 'forecast_windows', 'evaluate', 'TrainedModel', 'predict',
+           'ModelCache', 'plot_history', 'plot_forecast', 'prepare_windows', 'TrainingMetrics', 'TrainingOutcome',
+           'ModelTrainingFacade']
 
 # %% ../nbs/31_training.ipynb #ea93f74e
 class TrainingError(FinsightError, RuntimeError):
@@ -118,9 +121,8 @@ def _set_rng_state(s: dict) -> None:
 
 def save_checkpoint(state: dict, folder: Path, epoch: int, keep: int = 3) -> Path:
     "Write `state` as `folder/epoch_NNN.pt` atomically; remove all but the newest `keep`."
-    folder.mkdir(parents=True, exist_ok=True)
-    path, tmp = folder / f"epoch_{epoch:03d}.pt", folder / f".epoch_{epoch:03d}.pt.tmp"
-    torch.save(state, tmp); tmp.replace(path)
+    path = folder / f"epoch_{epoch:03d}.pt"
+    with atomic_path(path, fsync=True) as tmp: torch.save(state, tmp)   # on disk before it counts as the newest
     for old in sorted(folder.glob("epoch_*.pt"))[:-keep]: old.unlink()
     return path
 
@@ -145,9 +147,8 @@ _MAY_CHANGE = {"num_epochs", "compile", "fast_dropout"}  # more epochs, or anoth
 def _check_resume(ckpt: dict, adapter: BaseTimeSeriesAdapter) -> None:
     mine, saved = adapter.config.to_dict(), ckpt["model"]["config"]
     diff = [f"{k} (checkpoint {saved.get(k)!r}, this run {v!r})" for k, v in mine.items() if k not in _MAY_CHANGE and saved.get(k) != v]
-    if ckpt["model"]["model_type"] != ModelType.parse(adapter.model_type).value: diff.insert(0, f"model_type (checkpoint {ckpt['model']['model_type']!r}, this run {ModelType.parse(adapter.model_type).value!r})")
-    for k in ("n_channels", "target_index"):
-        if ckpt["model"][k] != getattr(adapter, k): diff.append(f"{k} (checkpoint {ckpt['model'][k]}, this run {getattr(adapter, k)})")
+    if ckpt["model"]["model_type"] != adapter.name: diff.insert(0, f"model_type (checkpoint {ckpt['model']['model_type']!r}, this run {adapter.name!r})")
+    diff += [f"{k} (checkpoint {ckpt['model'].get(k)}, this run {v})" for k, v in adapter.layout().items() if ckpt["model"].get(k) != v]
     if diff: raise CheckpointError(f"cannot resume from {ckpt['path']}: it was made for another model or configuration: " + "; ".join(diff))
 
 # %% ../nbs/31_training.ipynb #77b2fdea
@@ -164,17 +165,34 @@ class TrainResult:
     precision: str
     checkpoint_dir: str | None = None
 
+@dataclass
+class TrainState:
+    "Where a run stands after an epoch: what a checkpoint saves and a resumed run continues from."
+    epoch: int = 0
+    best_val_loss: float = float("inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None  # the best weights so far, on the CPU
+
+    def update(self, record: dict, score: float, module: nn.Module) -> None:
+        "Add an epoch's record; keep `module`'s weights when `score` (validation loss, else training loss) is the best yet."
+        self.history.append(record); self.epoch = record["epoch"]
+        if score < self.best_val_loss:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        else: self.bad_epochs += 1
+
+    def as_dict(self) -> dict: return {f.name: getattr(self, f.name) for f in fields(self)}
+
+# %% ../nbs/31_training.ipynb #c9561f96
 def _to(x, device):
     "A batch's inputs (a tensor, or a dict of tensors for text models) on `device`."
     return {k: v.to(device, non_blocking=True) for k, v in x.items()} if isinstance(x, dict) else x.to(device, non_blocking=True)
 
 def _forward(module, x): return module(**x) if isinstance(x, dict) else module(x)
 
-def _loss_fn(adapter) -> Callable:
-    "The adapter's training loss (`adapter.loss(pred, target)`, a mean), MSE for forecasters."
-    return getattr(adapter, "loss", None) or torch.nn.functional.mse_loss
-
-def _val_loss(module, ds, device, autocast, batch_size: int, loss_fn: Callable = torch.nn.functional.mse_loss) -> float | None:
+def _val_loss(module, ds, device, autocast, batch_size: int, loss_fn: Callable = F.mse_loss) -> float | None:
     "Mean loss over every sample of `ds` (None without a dataset)."
     if ds is None: return None
     module.eval(); tot, n = 0.0, 0
@@ -184,8 +202,7 @@ def _val_loss(module, ds, device, autocast, batch_size: int, loss_fn: Callable =
             tot += loss_fn(p.float(), y.to(device)).item() * len(y); n += len(y)
     return tot / n
 
-# %% ../nbs/31_training.ipynb #c9561f96
-def _epoch(module, ds, opt, scaler, autocast, cfg, device, gen, loss_fn=torch.nn.functional.mse_loss) -> tuple[float, int]:
+def _epoch(module, ds, opt, scaler, autocast, cfg, device, gen, loss_fn=F.mse_loss) -> tuple[float, int]:
     "One pass over `ds`; (mean training loss, optimizer steps)."
     module.train(); tot, n, steps, acc = torch.zeros((), device=device), 0, 0, cfg.gradient_accumulation_steps
     nb, params = (len(ds) + cfg.batch_size - 1) // cfg.batch_size, [p for p in module.parameters() if p.requires_grad]
@@ -200,8 +217,38 @@ def _epoch(module, ds, opt, scaler, autocast, cfg, device, gen, loss_fn=torch.nn
         tot += loss.detach() * len(y); n += len(y)   # stays on the device: no synchronisation per step
     return float(tot) / max(n, 1), steps
 
+# %% ../nbs/31_training.ipynb #8321e4e3
+def make_optimizer(module: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
+    "AdamW over `module`'s trainable parameters; torch's fused kernel (one pass over all parameters) on CPU and CUDA."
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda") or None)
+
+def _progress(st: TrainState, cfg, job_id: str, done: bool) -> TrainingProgressUpdate:
+    "The update callbacks get after the latest epoch of `st`."
+    h = st.history[-1]
+    eta = 0 if done else int(np.mean([r["seconds"] for r in st.history]) * (cfg.num_epochs - st.epoch))
+    return TrainingProgressUpdate(job_id=job_id, status=TrainingJobStatus.COMPLETED if done else TrainingJobStatus.RUNNING,
+                                  progress=1.0 if done else st.epoch / cfg.num_epochs, current_epoch=st.epoch, total_epochs=cfg.num_epochs,
+                                  current_loss=h["loss"], validation_loss=h["val_loss"], eta_seconds=eta, learning_rate=h["learning_rate"])
+
+def _set_aside(folder: Path) -> Path:
+    "Move the checkpoints of an earlier run out of the way of a fresh run with the same id (nothing is deleted)."
+    dest = folder.with_name(f"{folder.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}-{random.Random().getrandbits(16):04x}")
+    folder.rename(dest); return dest
+
+def _checkpoint(adapter, opt, sched, scaler, st: TrainState) -> dict:
+    return {"format": CKPT_FORMAT, "model": adapter.state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "rng": _rng_state(), **st.as_dict()}
+
+def _resume(path, adapter, opt, sched, scaler) -> TrainState:
+    "Load the checkpoint at `path` into the adapter, optimizer, schedule and random generators; the state to continue from."
+    ck = load_checkpoint(path); _check_resume(ck, adapter)
+    adapter.module.load_state_dict(ck["model"]["state_dict"]); opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"]); scaler.load_state_dict(ck["scaler"]); _set_rng_state(ck["rng"])
+    return TrainState(**{f.name: ck[f.name] for f in fields(TrainState)})
+
 # %% ../nbs/31_training.ipynb #9f49bfd4
-def fit(adapter: BaseTimeSeriesAdapter, train: WindowDataset, val: WindowDataset | None = None,
+def fit(adapter: ModelAdapter, train, val=None, # window (or text) datasets
         callbacks: list[Callable[[TrainingProgressUpdate], None]] = (), # called after each epoch
         checkpoint_dir: str | Path | None = None, # write a checkpoint each epoch here
         resume_from: str | Path | None = None, # checkpoint file or folder to continue from
@@ -209,69 +256,36 @@ def fit(adapter: BaseTimeSeriesAdapter, train: WindowDataset, val: WindowDataset
     "Train `adapter.module` on `train`, early-stopping on `val`; the best weights are restored at the end."
     cfg, device = adapter.config, device or resolve_device()
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed % 2**32); random.seed(cfg.seed)
-    module = adapter.module.to(device)
+    module, loss_fn = adapter.module.to(device), adapter.loss or F.mse_loss
     opt = make_optimizer(module, cfg, device)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience)
     prec, autocast, scaler = precision_plan(device, cfg.use_mixed_precision)
-    st = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [], "best_state": None}
-    if resume_from is not None: st = _resume(resume_from, adapter, opt, sched, scaler, device)
+    st = TrainState()
+    if resume_from is not None: st = _resume(resume_from, adapter, opt, sched, scaler)
     elif checkpoint_dir and any(Path(checkpoint_dir).glob("epoch_*.pt")): _set_aside(Path(checkpoint_dir))
-    step_fn = torch.compile(module) if cfg.compile else module
-    cpu_eager = device.type == "cpu" and not cfg.compile
+    step_fn, cpu_eager = (torch.compile(module) if cfg.compile else module), device.type == "cpu" and not cfg.compile
+    t0, first = time.perf_counter(), st.epoch
+    bar = tqdm(total=cfg.num_epochs, initial=st.epoch, desc=f"{adapter.name} {job_id}", disable=not progress, leave=True)
     with cpu_fast_paths(module, dropout=cpu_eager and cfg.fast_dropout, softmax=cpu_eager):
-        return _run(adapter, module, step_fn, train, val, opt, sched, scaler, autocast, prec, st, callbacks, checkpoint_dir, job_id, progress, device, keep)
-
-def make_optimizer(module: nn.Module, cfg: ModelConfig, device: torch.device) -> torch.optim.Optimizer:
-    "AdamW over `module`'s trainable parameters; torch's fused kernel (one pass over all parameters) on CPU and CUDA."
-    params = [p for p in module.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda") or None)
-
-def _set_aside(folder: Path) -> Path:
-    "Move the checkpoints of an earlier run out of the way of a fresh run with the same id (nothing is deleted)."
-    dest = folder.with_name(f"{folder.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}-{random.Random().getrandbits(16):04x}")
-    folder.rename(dest); return dest
-
-def _resume(path, adapter, opt, sched, scaler, device) -> dict:
-    ck = load_checkpoint(path); _check_resume(ck, adapter)
-    adapter.module.load_state_dict(ck["model"]["state_dict"]); opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"]); scaler.load_state_dict(ck["scaler"]); _set_rng_state(ck["rng"])
-    return {k: ck[k] for k in ("epoch", "best_val_loss", "best_epoch", "bad_epochs", "history", "best_state")}
-
-# %% ../nbs/31_training.ipynb #8321e4e3
-def _run(adapter, module, step_fn, train, val, opt, sched, scaler, autocast, prec, st, callbacks, ckpt_dir, job_id, progress, device, keep):
-    cfg, t0, n_seen, stopped = adapter.config, time.perf_counter(), 0, False
-    bar = tqdm(total=cfg.num_epochs, initial=st["epoch"], desc=f"{ModelType.parse(adapter.model_type).value} {job_id}", disable=not progress, leave=True)
-    for epoch in range(st["epoch"] + 1, cfg.num_epochs + 1):
-        te = time.perf_counter()
-        loss, steps = _epoch(step_fn, train, opt, scaler, autocast, cfg, device, torch.Generator().manual_seed(cfg.seed * 1000 + epoch), _loss_fn(adapter))
-        if not np.isfinite(loss): raise TrainingError(f"training loss became {loss} at epoch {epoch}: lower the learning rate or check the features")
-        n_seen += len(train)
-        vl = _val_loss(step_fn, val, device, autocast, cfg.batch_size, _loss_fn(adapter))
-        score = loss if vl is None else vl
-        sched.step(score)
-        if score < st["best_val_loss"]:
-            st.update(best_val_loss=score, best_epoch=epoch, bad_epochs=0, best_state={k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
-        else: st["bad_epochs"] += 1
-        rec = {"epoch": epoch, "loss": loss, "val_loss": vl, "learning_rate": opt.param_groups[0]["lr"], "batches": steps, "seconds": time.perf_counter() - te}
-        st["history"].append(rec); st["epoch"] = epoch
-        stopped = st["bad_epochs"] >= cfg.early_stopping_patience
-        if ckpt_dir: save_checkpoint(_checkpoint(adapter, opt, sched, scaler, st), Path(ckpt_dir), epoch, keep)
-        bar.update(1); bar.set_postfix(loss=f"{loss:.4f}", val_loss=f"{vl:.4f}" if vl is not None else "-", lr=f"{rec['learning_rate']:.1e}")
-        done = stopped or epoch == cfg.num_epochs
-        eta = 0 if done else int(np.mean([h["seconds"] for h in st["history"]]) * (cfg.num_epochs - epoch))
-        upd = TrainingProgressUpdate(job_id=job_id, status=TrainingJobStatus.COMPLETED if done else TrainingJobStatus.RUNNING, progress=1.0 if done else epoch / cfg.num_epochs,
-                                     current_epoch=epoch, total_epochs=cfg.num_epochs, current_loss=loss, validation_loss=vl, eta_seconds=eta, learning_rate=rec["learning_rate"])
-        for cb in callbacks: cb(upd)
-        if stopped: break
+        for epoch in range(st.epoch + 1, cfg.num_epochs + 1):
+            te = time.perf_counter()
+            loss, steps = _epoch(step_fn, train, opt, scaler, autocast, cfg, device, torch.Generator().manual_seed(cfg.seed * 1000 + epoch), loss_fn)
+            if not np.isfinite(loss): raise TrainingError(f"training loss became {loss} at epoch {epoch}: lower the learning rate or check the features")
+            vl = _val_loss(step_fn, val, device, autocast, cfg.batch_size, loss_fn)
+            sched.step(loss if vl is None else vl)
+            st.update({"epoch": epoch, "loss": loss, "val_loss": vl, "learning_rate": opt.param_groups[0]["lr"], "batches": steps,
+                       "seconds": time.perf_counter() - te}, loss if vl is None else vl, module)
+            stopped = st.bad_epochs >= cfg.early_stopping_patience
+            if checkpoint_dir: save_checkpoint(_checkpoint(adapter, opt, sched, scaler, st), Path(checkpoint_dir), epoch, keep)
+            bar.update(1); bar.set_postfix(loss=f"{loss:.4f}", val_loss=f"{vl:.4f}" if vl is not None else "-", lr=f"{opt.param_groups[0]['lr']:.1e}")
+            for cb in callbacks: cb(_progress(st, cfg, job_id, done=stopped or epoch == cfg.num_epochs))
+            if stopped: break
     bar.close()
-    if st["best_state"] is not None: module.load_state_dict(st["best_state"])
+    if st.best_state is not None: module.load_state_dict(st.best_state)
     release_device_memory(device)
     secs = time.perf_counter() - t0
-    return TrainResult(st["history"], st["best_epoch"], st["best_val_loss"], len(st["history"]), stopped, secs, n_seen / secs if secs else 0.0, prec, str(ckpt_dir) if ckpt_dir else None)
-
-def _checkpoint(adapter, opt, sched, scaler, st) -> dict:
-    return {"format": CKPT_FORMAT, "model": adapter.state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "rng": _rng_state(), **{k: st[k] for k in ("epoch", "best_val_loss", "best_epoch", "bad_epochs", "history", "best_state")}}
+    return TrainResult(st.history, st.best_epoch, st.best_val_loss, len(st.history), stopped, secs, (st.epoch - first) * len(train) / secs if secs else 0.0,
+                       prec, str(checkpoint_dir) if checkpoint_dir else None)
 
 # %% ../nbs/31_training.ipynb #f9438276
 def forecast_windows(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform, batch_size: int = 512) -> dict:
@@ -280,10 +294,10 @@ def forecast_windows(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: 
     pred = np.concatenate([adapter.predict(x, batch_size=batch_size) for x, _ in ds.batches(batch_size)]) if len(ds) else np.zeros((0, ds.h))
     return {**info, "pred": target.decode(pred, info["last_close"]), "naive": naive_forecast(info["last_close"], ds.h)}
 
-def evaluate(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform, prefix: str = "") -> dict:
+def evaluate(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform) -> ForecastMetrics:
     "MAE, MSE, RMSE, MAPE of the model and of the naive forecast on the same windows, MASE and skill."
     f = forecast_windows(adapter, ds, target)
-    return compare_to_naive(f["future_close"], f["pred"], f["last_close"], prefix)
+    return compare_to_naive(f["future_close"], f["pred"], f["last_close"])
 
 # %% ../nbs/31_training.ipynb #34bf2d30
 @dataclass
@@ -300,7 +314,7 @@ class TrainedModel:
     @property
     def config(self) -> ModelConfig: return self.adapter.config
     @property
-    def model_type(self) -> str: return ModelType.parse(self.adapter.model_type).value
+    def model_type(self) -> str: return self.adapter.name
 
     def save(self, path: str | Path) -> Path:
         "One `.pt` file: weights, config, feature pipeline, target transform, metrics."
@@ -383,6 +397,43 @@ def prepare_windows(train_data: pd.DataFrame, val_data: pd.DataFrame, test_data:
     return make_windows(bsplit, fsplit, config.context_length, config.prediction_length, config.target_column, config.target_transform), bsplit
 
 # %% ../nbs/31_training.ipynb #a0d54529
+@dataclass
+class TrainingMetrics:
+    "How a trained forecaster did: validation and test errors beside the naive forecast, and how training went."
+    val: ForecastMetrics
+    test: ForecastMetrics | None
+    best_epoch: int
+    epochs: int
+    train_seconds: float
+    train_windows_per_second: float
+
+    def to_dict(self) -> dict:
+        "Flat `val_mae`, `test_mase`, ... keys: what trackers, summaries and leaderboards keep."
+        parts = self.val.to_dict("val_") | (self.test.to_dict("test_") if self.test else {})
+        return parts | {k: getattr(self, k) for k in ("best_epoch", "epochs", "train_seconds", "train_windows_per_second")}
+
+@dataclass
+class TrainingOutcome:
+    "What `ModelTrainingFacade.train_model_sync` returns: the trained model, its metrics, and how training went."
+    run_id: str
+    model: TrainedModel
+    metrics: TrainingMetrics
+    result: TrainResult
+    checkpoint_dir: str | None = None
+    @property
+    def symbol(self) -> str: return self.model.symbol
+    @property
+    def timeframe(self) -> str: return self.model.timeframe
+    @property
+    def model_type(self) -> str: return self.model.model_type
+    @property
+    def history(self) -> list[dict]: return self.result.history
+    @property
+    def config(self) -> ModelConfig: return self.model.config
+
+# %% ../nbs/31_training.ipynb #278630ba
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
 class ModelTrainingFacade:
     "Train a model on a symbol's bars, with progress, checkpoints and honest metrics."
     def __init__(self, checkpoint_root: str | Path | None = None, # checkpoints go to <root>/<run_id>/
@@ -392,29 +443,36 @@ class ModelTrainingFacade:
 
     async def train_model(self, symbol: str, timeframe: TimeFrame, model_type: ModelType, train_data: pd.DataFrame,
                           val_data: pd.DataFrame, feature_engineering: BasicFeatureEngineering | None, config: ModelConfig,
-                          run_id: str | None = None, **kwargs) -> dict:
+                          run_id: str | None = None, **kwargs) -> TrainingOutcome:
         "Async twin of `train_model_sync` (runs it in a worker thread)."
         return await asyncio.to_thread(self.train_model_sync, symbol, timeframe, model_type, train_data, val_data, feature_engineering, config, run_id, **kwargs)
 
+    def checkpoint_dir(self, run_id: str) -> Path:
+        "`<checkpoint_root>/<run_id>`, refusing a run id that is not a plain name (it could point elsewhere)."
+        if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+            raise ConfigError(f"run_id {run_id!r} is not a plain name (letters, digits, '.', '_', '-'): it names the checkpoint folder")
+        return self.checkpoint_root / run_id
+
 # %% ../nbs/31_training.ipynb #55143c1f
-def _train_model_sync(self: ModelTrainingFacade, symbol: str, timeframe, model_type, train_data: pd.DataFrame, val_data: pd.DataFrame,
+@patch
+def train_model_sync(self: ModelTrainingFacade, symbol: str, timeframe, model_type, train_data: pd.DataFrame, val_data: pd.DataFrame,
                       feature_engineering: BasicFeatureEngineering | None, config: ModelConfig | dict, run_id: str | None = None,
-                      test_data: pd.DataFrame | None = None, resume_from: str | Path | None = None, job_id: str | None = None) -> dict:
-    "Train `model_type` on `symbol`; the trained model, its metrics beside the naive forecast, and its history."
+                      test_data: pd.DataFrame | None = None, resume_from: str | Path | None = None, job_id: str | None = None) -> TrainingOutcome:
+    "Train `model_type` on `symbol` (with the shared trainer, or the adapter's own `_train_model`); the model and its metrics beside the naive forecast."
     tf, mt = TimeFrame.parse(timeframe), ModelType.parse(model_type)
+    if run_id is not None: self.checkpoint_dir(run_id)   # refused before any work
     config = config if isinstance(config, ModelConfig) else ModelConfig.from_overrides(config)
     fe = feature_engineering or BasicFeatureEngineering()
     run_id = run_id or f"{symbol}_{tf.value}_{mt.value}_{time.strftime('%Y%m%d-%H%M%S')}_{random.Random().getrandbits(24):06x}"
     win, _ = prepare_windows(train_data, val_data, test_data, fe, config, tf)
     adapter = ModelFactory.create(mt, config, len(win.channels), win.target_channel)
-    res = fit(adapter, win.train, win.val, callbacks=self.callbacks, checkpoint_dir=self.checkpoint_root / run_id,
-              resume_from=resume_from, job_id=job_id or run_id, progress=self.progress, device=self.device)
+    kw = dict(callbacks=self.callbacks, checkpoint_dir=self.checkpoint_dir(run_id), resume_from=resume_from, job_id=job_id or run_id,
+              progress=self.progress, device=self.device)
+    t0 = time.perf_counter()
+    res = adapter._train_model(win.train, win.val, **kw) if adapter._train_model else fit(adapter, win.train, win.val, **kw)
+    if res is None: res = TrainResult([], 0, float("nan"), 0, False, time.perf_counter() - t0, len(win.train) / max(time.perf_counter() - t0, 1e-9), "own training")
     adapter.to("cpu")
-    metrics = evaluate(adapter, win.val, win.target, "val_")
-    if win.test is not None: metrics |= evaluate(adapter, win.test, win.target, "test_")
-    metrics |= {"best_epoch": res.best_epoch, "epochs": res.epochs_run, "train_seconds": res.seconds, "train_windows_per_second": res.train_windows_per_second}
-    model = TrainedModel(adapter, fe, win.target, symbol, tf.value, metrics, res.history, win)
-    return {"run_id": run_id, "symbol": symbol, "timeframe": tf.value, "model_type": mt.value, "model": model, "metrics": metrics,
-            "history": res.history, "result": res, "config": config.to_dict(), "features": fe.state(), "checkpoint_dir": res.checkpoint_dir}
-
-ModelTrainingFacade.train_model_sync = _train_model_sync
+    val, test = evaluate(adapter, win.val, win.target), (evaluate(adapter, win.test, win.target) if win.test is not None else None)
+    metrics = TrainingMetrics(val, test, res.best_epoch, res.epochs_run, res.seconds, res.train_windows_per_second)
+    model = TrainedModel(adapter, fe, win.target, symbol, tf.value, metrics.to_dict(), res.history, win)
+    return TrainingOutcome(run_id, model, metrics, res, res.checkpoint_dir)
