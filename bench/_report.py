@@ -13,8 +13,19 @@ def machine() -> str:
     try:
         import torch; tv = f", torch {torch.__version__}, {torch.get_num_threads()} threads"
     except Exception: tv = ""
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, python {platform.python_version()}{tv}"
+    return f"{cpu_model()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, python {platform.python_version()}{tv}"
+
+
+def cpu_model() -> str:
+    "The CPU's model name and the vector capability torch uses on it (AVX2, AVX512, ...): numbers differ between them."
+    name = platform.processor() or platform.machine()
+    try: name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration): pass
+    try:
+        import torch; name += f" ({torch.backends.cpu.get_cpu_capability()}"
+        name += ", bf16 units)" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ", no bf16 units)"
+    except Exception: pass
+    return name
 
 
 def table(rows: list[dict], floatfmt: str = "{:.3g}") -> str:

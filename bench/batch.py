@@ -37,11 +37,11 @@ def batch(env: dict, workers: int) -> float:
 
 
 def in_process(env: dict) -> float:
-    "The same eight jobs through finsight.pipeline.run_training in one process, one after the other."
-    code = ("import time; from finsight.pipeline import run_training\n"
-            f"t = time.perf_counter()\n"
+    "The same eight jobs through the forecast task's `run` in one process, one after the other."
+    code = ("import time; from finsight.tasks import get_task\n"
+            f"t = time.perf_counter(); task = get_task('forecast')\n"
             f"for s in {SYMBOLS!r}:\n"
-            f"    for m in {MODELS!r}: run_training(symbol=s, timeframe='1h', model_type=m, config={CONFIG!r}, progress=False)\n"
+            f"    for m in {MODELS!r}: task.run(symbol=s, timeframe='1h', model_type=m, config={CONFIG!r}, progress=False)\n"
             "print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if out.returncode: raise SystemExit(out.stderr[-3000:])
@@ -54,7 +54,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         env = prepare(Path(d))
         t_in = in_process(env)
-        rows.append({"how": "in-process run_training, no papermill (sequential)", "jobs at once": 1, "seconds": t_in})
+        rows.append({"how": "in-process task.run, no papermill (sequential)", "jobs at once": 1, "seconds": t_in})
         for w in (1, 2):
             rows.append({"how": "finsight batch (papermill jobs on the job service)", "jobs at once": w, "seconds": batch(env, w)})
     for r in rows:

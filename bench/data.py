@@ -22,7 +22,8 @@ def timed(fn, repeat: int) -> list[float]:
 
 def main(bars: int, repeat: int) -> None:
     import boto3
-    from finsight.data.cloud import CloudDataLoader, HybridDataLoader, LocalS3Server
+    from finsight.data.cloud import CloudDataLoader, HybridDataLoader
+    from finsight.testing import LocalS3Server
     from finsight.data.sources import LocalDataLoader, synthetic_ohlcv
 
     tmp = Path(tempfile.mkdtemp(prefix="finsight-bench-data-"))

@@ -30,7 +30,7 @@ def train(model: str):
     cfg = ModelConfig(context_length=64, prediction_length=1, d_model=128, n_heads=8, num_layers=2, patch_length=8, num_epochs=1, batch_size=64, seed=0)
     f = ModelTrainingFacade(checkpoint_root=tempfile.mkdtemp(), progress=False)
     return f.train_model_sync("SP500", "1d", model, sp.iloc[:int(n * .7)], sp.iloc[int(n * .7):int(n * .85)], BasicFeatureEngineering(), cfg,
-                              test_data=sp.iloc[int(n * .85):])["model"]
+                              test_data=sp.iloc[int(n * .85):]).model
 
 
 def timings(call, inputs: list, seconds: float, min_calls: int, warmup: int) -> np.ndarray:

@@ -24,7 +24,7 @@ def _template(d: Path) -> str:
 
 def store_ops(n: int = 500) -> dict:
     "Claim + finish cycles per second on a fresh store (the service's own overhead per job)."
-    from finsight.jobs import JobStore
+    from finsight.job_store import JobStore
     st = JobStore(Path(tempfile.mkdtemp()) / "jobs.db")
     st.add([{"id": uuid.uuid4().hex, "name": f"j{i}", "created": time.time(), "request": "{}", "template": "t.ipynb",
              "output_notebook": f"j{i}.ipynb", "metrics_path": f"j{i}.json"} for i in range(n)])

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import table, write_section
-from finsight.sentiment import (OnnxSentimentModel, SentimentAdapter, SentimentConfig, TextSplit, TrainedSentimentModel, export_sentiment,
-                                load_sample_sentences)
+from finsight.data.texts import TextSplit, load_sample_sentences
+from finsight.text_models import SentimentAdapter, SentimentConfig
+from finsight.sentiment import OnnxSentimentModel, TrainedSentimentModel, export_sentiment
 from finsight.training import fit
 
 

@@ -28,7 +28,10 @@ def main():
     from finsight.features import BasicFeatureEngineering
     from finsight.models import ModelConfig
     from finsight.training import ModelTrainingFacade
-    from finsight.tracking import LocalMlflowServer, MLflowExperimentTracker, SimpleExperimentTracker, log_training_run, save_model_dir, _stage_training_files
+    from finsight.tracking import MLflowExperimentTracker, SimpleExperimentTracker
+    from finsight.registry import save_model_dir
+    from finsight.pipeline import log_training_run, _stage_training_files
+    from finsight.testing import LocalMlflowServer
     tmp = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
     sp = load_bundled("SP500"); n = len(sp)
     tr, va, te = sp.iloc[:int(n * .7)], sp.iloc[int(n * .7):int(n * .85)], sp.iloc[int(n * .85):]
@@ -61,8 +64,8 @@ def main():
             add(f"one per-epoch log_metrics_sync (4 metrics) -> {name}", _times(lambda: t.log_metrics_sync({"loss": .1, "val_loss": .2, "learning_rate": 1e-3, "epoch_seconds": 1.0}, step=next(step)), 20))
             t.end_run_sync(run_id=rid)
     k = iter(range(10**6))
-    add("model folder (MLmodel + trained_model.pt), explicit pip requirements", _times(lambda: save_model_dir(res["model"], tmp / f"m{next(k)}"), a.repeat))
-    add("model folder, pip requirements inferred by MLflow", _times(lambda: save_model_dir(res["model"], tmp / f"m{next(k)}", infer_requirements=True), min(a.repeat, 3)))
+    add("model folder (MLmodel + trained_model.pt), explicit pip requirements", _times(lambda: save_model_dir(res.model, tmp / f"m{next(k)}"), a.repeat))
+    add("model folder, pip requirements inferred by MLflow", _times(lambda: save_model_dir(res.model, tmp / f"m{next(k)}", infer_requirements=True), min(a.repeat, 3)))
     add("one-off per process: import mlflow", t_import)
     add("one-off per store: create a new sqlite store (MLflow's migrations)", t_store)
     body = table(rows) + (

@@ -1,4 +1,4 @@
-"""The cross product of symbols, timeframes and models as papermill jobs on the job service, and a leaderboard (CSV and an HTML page with the plots) of how each model did against the naive forecast.
+"""The cross product of symbols, timeframes and models of a task as papermill jobs on the job service, and a leaderboard (CSV and an HTML page with the plots) of how each model did against its baseline.
 
 Docs: https://finsight.github.io/finsight/batch.html.md"""
 
@@ -6,83 +6,74 @@ Docs: https://finsight.github.io/finsight/batch.html.md"""
 
 # %% ../nbs/51_batch.ipynb #d165a431
 from __future__ import annotations
-import base64, html, json, time, uuid, warnings
+import base64, html, time, uuid, warnings
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 import pandas as pd
 from .settings import FinsightError, get_settings
-from .data.sources import TimeFrame, check_symbol
-from .models import ModelType
-from .jobs import AsyncTrainingRequest, JobRequestError, TrainingService, TrainingJobStatusResponse, parse_model_type
+from .data.sources import check_symbol
+from .tasks import TASKS, get_task
+from .tracking import TrackingError, get_tracker
+from .jobs import AsyncTrainingRequest, TrainingService, TrainingJobStatusResponse, check_request_data
 
 # %% auto #0
-__all__ = ['LEADERBOARD_COLUMNS', 'SENTIMENT_COLUMNS', 'BatchError', 'batch_requests', 'leaderboard', 'write_leaderboard',
+__all__ = ['COMMON_COLUMNS', 'TRAILING_COLUMNS', 'BatchError', 'batch_requests', 'leaderboard', 'write_leaderboard',
            'log_notebooks', 'BatchResult', 'run_batch']
 
 # %% ../nbs/51_batch.ipynb #1c1a5b57
 class BatchError(FinsightError, RuntimeError):
     "A batch finished with failed jobs (listed), or could not start."
 
-def batch_requests(symbols: list[str], timeframes: list[str] = ("1d",), models: list[str] = ("patchtst",),
-                   config: dict | None = None, # ModelConfig overrides for every job
+def batch_requests(symbols: list[str], timeframes: list[str] = ("1d",), models: list[str] = ("",), # "": the task's default model
+                   config: dict | None = None, # config overrides for every job
+                   task: str = "forecast", # a registered task
                    batch_id: str | None = None, priority: int = 0, max_retries: int = 1, data_source: str | None = None,
-                   parameters: dict | None = None, # extra template parameters for every job
+                   parameters: dict | None = None, # extra job parameters for every job
                    template: str | None = None) -> tuple[str, list[AsyncTrainingRequest]]:
     "(batch id, one checked request per symbol x timeframe x model); each job writes into runs/<batch id>/<job name>/."
-    syms, tfs, mts = [check_symbol(s) for s in symbols], [TimeFrame.parse(t).value for t in timeframes], [parse_model_type(m).value for m in models]
-    batch_id = batch_id or f"batch-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    folder = get_settings().path("runs_dir") / check_symbol(batch_id)
-    jobs = dict.fromkeys((s, "1d" if m == "sentiment" else t, m) for s, t, m in product(syms, tfs, mts))   # a sentiment job has no timeframe
-    reqs = [AsyncTrainingRequest(symbol=s, timeframe=t, model_type=m, config=dict(config or {}), priority=priority, max_retries=max_retries,
-                                 data_source=data_source, template=template, batch_id=batch_id,
-                                 parameters={**(parameters or {}), **_sentiment_data(s, m, parameters), "output_dir": str(folder / (f"{s}_{m}" if m == "sentiment" else f"{s}_{t}_{m}"))})
-            for s, t, m in jobs]
-    return batch_id, reqs
-
-def _sentiment_data(dataset: str, model_type: str, parameters: dict | None) -> dict:
-    "The `data_path` of a sentiment job: the one given, else the file of dataset `dataset` (`finsight.sentiment.sentiment_dataset_path`)."
-    if model_type != "sentiment" or (parameters or {}).get("data_path"): return {}
-    from finsight.sentiment import sentiment_dataset_path
-    return {"data_path": str(sentiment_dataset_path(dataset))}
+    t = get_task(task); batch_id = check_symbol(batch_id or f"batch-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}")
+    folder = get_settings().path("runs_dir") / batch_id
+    cells = dict.fromkeys(product(symbols, timeframes if t.uses_timeframe else timeframes[:1], models or ("",)))
+    reqs = [AsyncTrainingRequest(symbol=s, task=t.name, timeframe=tf, model_type=m, config=dict(config or {}), priority=priority, max_retries=max_retries,
+                                 data_source=data_source, template=template, batch_id=batch_id, parameters=dict(parameters or {})) for s, tf, m in cells]
+    return batch_id, [r.model_copy(update={"parameters": {**r.parameters, "output_dir": str(folder / t.job_name(t.params(**r.job_fields(t))))}}) for r in reqs]
 
 # %% ../nbs/51_batch.ipynb #81eb296a
-LEADERBOARD_COLUMNS = ["symbol", "timeframe", "model_type", "status", "val_mae", "val_naive_mae", "val_mase", "val_skill",
-                       "test_mase", "test_skill", "epochs", "seconds", "mlflow_run_id", "notebook", "error"]
-SENTIMENT_COLUMNS = ["val_accuracy", "val_majority_accuracy", "val_macro_f1", "val_majority_macro_f1",
-                     "test_accuracy", "test_majority_accuracy", "test_macro_f1", "test_majority_macro_f1"]
+COMMON_COLUMNS, TRAILING_COLUMNS = ["symbol", "timeframe", "task", "model_type", "status"], ["seconds", "mlflow_run_id", "notebook", "error"]
 
 def leaderboard(statuses: list[TrainingJobStatusResponse]) -> pd.DataFrame:
-    "Jobs as leaderboard rows, best validation MASE (then macro F1) first (failed jobs last, with their error)."
-    extra = SENTIMENT_COLUMNS if any(s.model_type == "sentiment" for s in statuses) else []
-    rows = [{"symbol": s.symbol, "timeframe": "" if s.model_type == "sentiment" else s.timeframe, "model_type": s.model_type, "status": s.status.value,
-             **{k: s.metrics.get(k) for k in LEADERBOARD_COLUMNS + extra if k in s.metrics}, "mlflow_run_id": s.mlflow_run_id,
-             "notebook": s.output_notebook, "error": s.error, "output_dir": s.metrics.get("output_dir")} for s in statuses]
-    df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS[:-3] + extra + LEADERBOARD_COLUMNS[-3:] + ["output_dir"])
-    keys = ["val_mase"] + (["val_macro_f1"] if extra else [])
-    return df.sort_values(keys, ascending=[True, False][:len(keys)], na_position="last", kind="stable").reset_index(drop=True)
+    "Jobs as leaderboard rows with their tasks' columns, best first by their tasks' order (failed jobs last, with their error)."
+    tasks = [TASKS[n] for n in dict.fromkeys(s.task for s in statuses) if n in TASKS]
+    metric_cols = list(dict.fromkeys(c for t in tasks for c in t.leaderboard_columns))
+    rows = [{"symbol": s.symbol, "timeframe": s.timeframe if getattr(TASKS.get(s.task), "uses_timeframe", True) else "", "task": s.task,
+             "model_type": s.model_type, "status": s.status.value, **{k: s.metrics.get(k) for k in metric_cols + ["seconds"] if k in s.metrics},
+             "mlflow_run_id": s.mlflow_run_id, "notebook": s.output_notebook, "error": s.error, "output_dir": s.metrics.get("output_dir")} for s in statuses]
+    df = pd.DataFrame(rows, columns=COMMON_COLUMNS + metric_cols + TRAILING_COLUMNS + ["output_dir"])
+    order = list(dict.fromkeys(k for t in tasks for k, _ in t.sort_by))
+    asc = [next(a for t in tasks for k2, a in t.sort_by if k2 == k) for k in order]
+    return df.sort_values(order, ascending=asc, na_position="last", kind="stable").reset_index(drop=True) if order else df
 
 # %% ../nbs/51_batch.ipynb #26eb6512
 def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" width="480">' if path.exists() else ""
 
 def write_leaderboard(board: pd.DataFrame, folder: str | Path, title: str = "FinSight batch") -> dict[str, Path]:
-    "Write `leaderboard.csv` and `leaderboard.html` (table plus each job's plots) into `folder`."
+    "Write `leaderboard.csv` and `leaderboard.html` (the table, what each task's columns mean, each job's plots) into `folder`."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     board.drop(columns=["output_dir"], errors="ignore").to_csv(csv := folder / "leaderboard.csv", index=False)
-    fmt = {c: "{:.4f}".format for c in ("val_mae", "val_naive_mae", "val_mase", "val_skill", "test_mase", "test_skill", *SENTIMENT_COLUMNS)}
-    parts = [f"<h1>{html.escape(title)}</h1>", "<p>MASE: model MAE / naive (last value) MAE on the same windows; skill: 1 - MSE / naive MSE.</p>"
-             + ("<p>Sentiment: accuracy and macro F1 beside the majority class's on the same texts.</p>" if "val_accuracy" in board else ""),
-             board.drop(columns=["output_dir", "notebook"], errors="ignore").to_html(index=False, formatters=fmt, na_rep="")]
+    fmt = {c: "{:.4f}".format for c in board.columns if pd.api.types.is_float_dtype(board[c]) and c != "seconds"}
+    notes = [f"<p><b>{html.escape(n)}</b>: {html.escape(TASKS[n].leaderboard_note)}</p>" for n in dict.fromkeys(board.task) if n in TASKS]
+    parts = [f"<h1>{html.escape(title)}</h1>", *notes, board.drop(columns=["output_dir", "notebook"], errors="ignore").to_html(index=False, formatters=fmt, na_rep="")]
     for r in board.itertuples():
-        if r.output_dir: parts.append(f"<h2>{html.escape(f'{r.symbol} {r.timeframe} {r.model_type}')}</h2>" + "".join(_img(Path(r.output_dir) / f"{k}.png") for k in ("training_curves", "forecast_vs_actual", "training_curve", "confusion_test")))
+        plots = TASKS[r.task].plots if r.task in TASKS else ()
+        if r.output_dir: parts.append(f"<h2>{html.escape(' '.join(str(x) for x in (r.symbol, r.timeframe, r.model_type) if x))}</h2>" + "".join(_img(Path(r.output_dir) / f"{k}.png") for k in plots))
     (page := folder / "leaderboard.html").write_text("<html><body style='font-family:sans-serif'>" + "\n".join(parts) + "</body></html>")
     return {"csv": csv, "html": page}
 
 # %% ../nbs/51_batch.ipynb #c39ea2e7
 def log_notebooks(statuses: list[TrainingJobStatusResponse], tracker=None) -> int:
     "Log each completed job's executed notebook to its MLflow run; how many were logged."
-    from finsight.tracking import TrackingError, get_tracker
     done = [s for s in statuses if s.mlflow_run_id and s.status.value == "completed" and Path(s.output_notebook).exists()]
     if not done: return 0
     tracker, n = tracker or get_tracker(), 0
@@ -104,13 +95,14 @@ class BatchResult:
     @property
     def failed(self) -> list: return [s for s in self.statuses if s.status.value != "completed"]
 
-def run_batch(symbols, timeframes=("1d",), models=("patchtst",), max_concurrent: int | None = None, config: dict | None = None,
+def run_batch(symbols, timeframes=("1d",), models=("",), max_concurrent: int | None = None, config: dict | None = None,
               service: TrainingService | None = None, scheduler_address: str | None = None, **kw) -> BatchResult:
     "Run the cross product as papermill jobs (at most `max_concurrent` at once) and write the leaderboard."
     t0 = time.perf_counter()
     batch_id, reqs = batch_requests(symbols, timeframes, models, config, **kw)
+    check_request_data(reqs)   # before anything is written: a refused batch leaves no store, folder or job behind
     svc = service or TrainingService(scheduler_address=scheduler_address, max_concurrent=max_concurrent)
-    try: statuses = svc.run_batch(reqs, max_concurrent=max_concurrent, batch_id=batch_id)
+    try: statuses = svc.run_batch(reqs, max_concurrent=max_concurrent, batch_id=batch_id, check_data=False)
     finally:
         if service is None: svc.close()
     log_notebooks(statuses)

@@ -10,16 +10,23 @@ import argparse, json, sys
 from pathlib import Path
 import pandas as pd
 from .settings import FinsightError, get_settings
-from .data.sources import DataLoaderType, TimeFrame, get_data_loader
+from .data.sources import DataLoaderType, TimeFrame
+from .data.loaders import get_data_loader
+from .data.cloud import sync_to_cloud
 from .data.validation import validate_ohlcv
 from .features import BasicFeatureEngineering, split_features
+from .tracking import resolve_tracking_uri
+from .tracking_sync import tracking_sync_main
+from .tasks import available_tasks, get_task
+from .jobs import TrainingService
+from .batch import run_batch
 
 # %% auto #0
 __all__ = ['MAIN_JOB_CONFIG', 'data_report', 'main_job', 'main']
 
 # %% ../nbs/60_cli.ipynb #cbe71473
 def data_report(symbol: str, timeframe="1d", loader=None, out_dir: str | Path | None = None,
-                train_ratio: float = 0.7, val_ratio: float = 0.15, context_length: int | None = None) -> dict:
+                train_ratio: float | None = None, val_ratio: float | None = None, context_length: int | None = None) -> dict:
     "Validate `symbol`, split it, fit features on train and save a plot; a summary dict."
     import matplotlib; matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -39,48 +46,50 @@ def data_report(symbol: str, timeframe="1d", loader=None, out_dir: str | Path | 
             "features": len(fsplit.train.columns), "warnings": warn, "plot": str(png)}
 
 # %% ../nbs/60_cli.ipynb #e54f9f93
-MAIN_JOB_CONFIG = {"context_length": 64, "prediction_length": 1, "d_model": 64, "n_heads": 4, "num_layers": 2, "batch_size": 64,
-                   "num_epochs": 15, "early_stopping_patience": 4, "learning_rate": 1e-3, "seed": 0}
+MAIN_JOB_CONFIG = {"prediction_length": 1, "d_model": 64, "n_heads": 4, "num_layers": 2, "batch_size": 64,
+                   "num_epochs": 15, "early_stopping_patience": 4, "learning_rate": 1e-3, "seed": 0}  # context_length: the settings'
 
 def main_job(symbols=("SP500", "NASDAQ"), models=("patchtst", "patchtsmixer"), timeframe="1d", max_concurrent: int = 2,
              config: dict | None = None):
-    "The README's main job: a batch on the bundled data; the `BatchResult`."
-    from finsight.batch import run_batch
+    "The README's main job: a forecasting batch on the bundled data; the `BatchResult`."
     return run_batch(list(symbols), [timeframe], list(models), max_concurrent=max_concurrent, config={**MAIN_JOB_CONFIG, **(config or {})})
 
 # %% ../nbs/60_cli.ipynb #a2cd7710
-def _kv(items: list[str] | None) -> dict:
+def _kv(items: list[str] | None, what: str = "--set") -> dict:
     "`key=value` pairs (values read as JSON when they parse, else as text)."
     out = {}
     for it in items or []:
-        if "=" not in it: raise FinsightError(f"--set {it!r}: use key=value, for example --set num_epochs=5")
+        if "=" not in it: raise FinsightError(f"{what} {it!r}: use key=value, for example {what} num_epochs=5")
         k, v = it.split("=", 1)
         try: out[k.strip()] = json.loads(v)
         except ValueError: out[k.strip()] = v
     return out
 
 def _job_args(p: argparse.ArgumentParser, many: bool = False):
+    p.add_argument("--task", default="forecast", help=f"what kind of job (default: forecast; `finsight tasks` lists them)")
     if many:
         p.add_argument("--symbols", nargs="+", required=True); p.add_argument("--timeframes", nargs="+", default=["1d"])
-        p.add_argument("--models", nargs="+", default=["patchtst"]); p.add_argument("--max-concurrent", type=int, default=None)
+        p.add_argument("--models", nargs="+", default=[""], help="model types (default: the task's default)"); p.add_argument("--max-concurrent", type=int, default=None)
         p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (default: an in-process cluster)")
         p.add_argument("--retries", type=int, default=1, help="retries of a failed job (with backoff)"); p.add_argument("--priority", type=int, default=0)
     else:
-        p.add_argument("symbol"); p.add_argument("--timeframe", default="1d"); p.add_argument("--model", default="patchtst")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="ModelConfig overrides, e.g. num_epochs=5 d_model=64 (SentimentConfig ones for --model sentiment)")
-    p.add_argument("--param", nargs="*", metavar="KEY=VALUE", help="template parameters, e.g. export=false data_path=data/sentiment/news.csv")
+        p.add_argument("symbol", help="a market symbol (a text data set for --task sentiment)")
+        p.add_argument("--timeframe", default="1d"); p.add_argument("--model", default="", help="model type (default: the task's default)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. num_epochs=5 d_model=64 (the task's config: ModelConfig, SentimentConfig)")
+    p.add_argument("--param", nargs="*", metavar="KEY=VALUE", help="job parameters, e.g. export_formats='[\"onnx\"]' or data_path=data/sentiment/news.csv")
     p.add_argument("--source", choices=[k.value for k in DataLoaderType], default=None, help="data source (default: settings)")
 
 # %% ../nbs/60_cli.ipynb #d63bab9c
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finsight", description="FinSight workbench: train, track and export forecasting and sentiment models "
-                                "(`finsight run financial_sentences --model sentiment`: the symbol of a sentiment job is its dataset)")
+                                "(`finsight run financial_sentences --task sentiment`: the symbol of a sentiment job is its data set)")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("main", help="the main job: a batch on the bundled data (both symbols, both models, daily bars)")
     m.add_argument("--max-concurrent", type=int, default=2)
-    _job_args(sub.add_parser("train", help="train one model in this process"))
-    _job_args(sub.add_parser("run", help="train one model as a papermill job (executed notebook under runs/)"))
+    _job_args(sub.add_parser("train", help="run one job in this process"))
+    _job_args(sub.add_parser("run", help="run one job as a papermill job (executed notebook under runs/)"))
     _job_args(sub.add_parser("batch", help="the cross product of symbols x timeframes x models as papermill jobs"), many=True)
+    sub.add_parser("tasks", help="the registered tasks, their models and templates")
     j = sub.add_parser("jobs", help="the job store").add_subparsers(dest="jobs_cmd", required=True)
     jl = j.add_parser("list", help="jobs, newest last"); jl.add_argument("--batch", default=None)
     j.add_parser("status", help="one job's status").add_argument("job_id")
@@ -98,33 +107,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/60_cli.ipynb #2b2f376e
-_SHOW = ["symbol", "timeframe", "model_type", "status", "val_mae", "val_naive_mae", "val_mase", "val_skill", "test_mase",
-         "val_accuracy", "val_majority_accuracy", "test_accuracy", "test_majority_accuracy", "test_macro_f1", "test_majority_macro_f1", "epochs", "seconds"]
+_HIDE = ["mlflow_run_id", "notebook", "error", "output_dir"]
 
 def _print_batch(res) -> int:
-    "Print a batch's leaderboard (columns no job has left out) and where to look; 1 when any job failed."
-    board = res.board[[c for c in _SHOW if c in res.board]]
-    with pd.option_context("display.width", 250, "display.float_format", "{:.4f}".format):
-        print(board.loc[:, board.notna().any() | board.columns.isin(_SHOW[:4])].to_string(index=False))
+    "Print a batch's leaderboard (columns no job has filled left out) and where to look; 1 when any job failed."
+    board = res.board.drop(columns=[c for c in _HIDE if c in res.board])
+    board = board.loc[:, board.notna().any() | board.columns.isin(["symbol", "timeframe", "task", "model_type", "status"])]
+    with pd.option_context("display.width", 250, "display.float_format", "{:.4f}".format): print(board.to_string(index=False))
     print(f"\nbatch {res.batch_id}: {len(res.statuses)} job(s) in {res.seconds:.0f} s")
     print(f"leaderboard: {res.files['html']} (and .csv); executed notebooks: {res.folder}/")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {_tracking_uri()}  (then open http://127.0.0.1:5000)")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then open http://127.0.0.1:5000)")
     for s in res.failed: print(f"FAILED {s.name}: {s.error} (notebook {s.output_notebook})", file=sys.stderr)
     return 1 if res.failed else 0
 
-def _tracking_uri() -> str:
-    try:
-        from finsight.tracking import resolve_tracking_uri
-        return resolve_tracking_uri()
-    except Exception: return get_settings().mlflow_tracking_uri or "sqlite:///runs/mlflow.db"
-
 # %% ../nbs/60_cli.ipynb #8c88c1df
 def _jobs_cmd(args) -> int:
-    from finsight.jobs import TrainingService
     svc = TrainingService()
     if args.jobs_cmd == "list":
         rows = [{"job_id": s.job_id[:12], "name": s.name, "batch": s.batch_id, "status": s.status.value, "progress": round(s.progress, 2),
-                 "attempts": s.attempts, "val_mase": s.metrics.get("val_mase"), "error": (s.error or "")[:60]} for s in svc.jobs(args.batch)]
+                 "attempts": s.attempts, "task": s.task, "error": (s.error or "")[:60]} for s in svc.jobs(args.batch)]
         print(pd.DataFrame(rows).to_string(index=False) if rows else "no jobs")
     elif args.jobs_cmd == "status": print(svc.status(_job_id(svc, args.job_id)).model_dump_json(indent=1))
     elif args.jobs_cmd == "cancel": print(svc.cancel(_job_id(svc, args.job_id)).status.value)
@@ -144,7 +145,6 @@ def _data_cmd(args) -> int:
     elif args.data_cmd == "report":
         for k, v in data_report(args.symbol, args.timeframe).items(): print(f"{k:>12}: {v}")
     elif args.data_cmd == "sync":
-        from finsight.data.cloud import sync_to_cloud
         rows = sync_to_cloud(local_root=args.root, bucket=args.bucket, prefix=args.prefix, symbols=args.symbol, overwrite=args.overwrite,
                              dry_run=args.dry_run, endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
         print(pd.DataFrame(rows).to_string(index=False) if rows else "nothing to upload")
@@ -152,14 +152,17 @@ def _data_cmd(args) -> int:
 
 # %% ../nbs/60_cli.ipynb #325ea0bc
 def _train(args) -> dict:
-    "`finsight train`: one forecaster (`run_training`) or one sentiment model (`run_sentiment_training`, the symbol naming its dataset) in this process."
-    if args.model.strip().lower() == "sentiment":
-        from finsight.sentiment import run_sentiment_training, sentiment_dataset_path
-        params = _kv(args.param)
-        return run_sentiment_training(**{"data_path": str(sentiment_dataset_path(args.symbol)), **params}, config=_kv(args.set))
-    from finsight.pipeline import run_training
-    return run_training(symbol=args.symbol, timeframe=args.timeframe, model_type=args.model, config=_kv(args.set),
-                        data_source=args.source or get_settings().data_loader_type, **_kv(args.param))
+    "`finsight train`: one job of the task `--task` in this process; its summary."
+    task = get_task(args.task); fields = task.params_model.model_fields
+    given = {"timeframe": args.timeframe, "data_source": args.source} if "timeframe" in fields else {}
+    s = task.run(symbol=args.symbol, model_type=args.model, config=_kv(args.set), **{k: v for k, v in given.items() if v is not None and k in fields}, **_kv(args.param, "--param"))
+    return s.to_dict()
+
+def _tasks_cmd() -> int:
+    "`finsight tasks`: one line per registered task."
+    for n in available_tasks():
+        t = get_task(n); print(f"{n:<12} models: {', '.join(t.model_types())}; template: {t.template or '-'}; {type(t).__doc__}")
+    return 0
 
 # %% ../nbs/60_cli.ipynb #4bb588be
 def main(argv: list[str] | None = None) -> int:
@@ -171,18 +174,16 @@ def main(argv: list[str] | None = None) -> int:
             s = _train(args)
             print(json.dumps({k: v for k, v in s.items() if k not in ("config", "data")}, indent=1, default=str)); return 0
         if args.cmd in ("run", "batch"):
-            from finsight.batch import run_batch
             many = args.cmd == "batch"
             res = run_batch(args.symbols if many else [args.symbol], args.timeframes if many else [args.timeframe], args.models if many else [args.model],
-                            max_concurrent=getattr(args, "max_concurrent", None), config=_kv(args.set), data_source=args.source,
+                            max_concurrent=getattr(args, "max_concurrent", None), config=_kv(args.set), task=args.task, data_source=args.source,
                             scheduler_address=getattr(args, "scheduler", None), max_retries=getattr(args, "retries", 1), priority=getattr(args, "priority", 0),
-                            parameters=_kv(args.param))
+                            parameters=_kv(args.param, "--param"))
             return _print_batch(res)
+        if args.cmd == "tasks": return _tasks_cmd()
         if args.cmd == "jobs": return _jobs_cmd(args)
         if args.cmd == "data": return _data_cmd(args)
-        if args.cmd == "tracking":
-            from finsight.tracking import tracking_sync_main
-            return tracking_sync_main(args.experiments_dir, args.tracking_uri)
+        if args.cmd == "tracking": return tracking_sync_main(args.experiments_dir, args.tracking_uri)
     except FinsightError as e:
         print(f"finsight: error: {e}", file=sys.stderr); return 2
     return 0

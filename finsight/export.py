@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 from pydantic import BaseModel
-from .settings import FinsightError, get_settings
+from fastcore.basics import patch
+from .settings import FinsightError, atomic_write, get_settings
 from .models import ModelError
 from .training import TrainedModel
 
@@ -163,16 +164,19 @@ class ExportResult(BaseModel):
     def folder(self) -> Path: return Path(self.out_dir)
 
 # %% ../nbs/41_export.ipynb #d26a4554
-def _files(self: ExportResult) -> list[Path]:
+@patch(as_prop=True)
+def files(self: ExportResult) -> list[Path]:
     "Every file of the export (absolute paths), `export.json` and the check windows included."
     return [self.folder / "export.json", self.folder / "parity.npz"] + [self.folder / f for r in self.formats.values() for f in r.files]
 
-def _path(self: ExportResult, fmt: str) -> Path:
+@patch
+def path(self: ExportResult, fmt: str) -> Path:
     "The main file of format `fmt` (the Triton repository folder for `'triton'`)."
     if fmt not in self.formats: raise ExportError(f"format {fmt!r} was not exported here; exported: {', '.join(self.formats)}")
     return self.folder / "triton" if fmt == "triton" else self.folder / self.formats[fmt].files[0]
 
-def _as_metrics(self: ExportResult) -> dict[str, float]:
+@patch
+def as_metrics(self: ExportResult) -> dict[str, float]:
     "Flat numbers per format (`export_onnx_max_rel_error`, ...) for an experiment tracker."
     out = {}
     for f, r in self.formats.items():
@@ -180,28 +184,27 @@ def _as_metrics(self: ExportResult) -> dict[str, float]:
         if r.max_rel_error is not None and np.isfinite(r.max_rel_error): out[f"export_{f}_max_rel_error"] = r.max_rel_error
     return out
 
-ExportResult.files, ExportResult.path, ExportResult.as_metrics = property(_files), _path, _as_metrics
-
 # %% ../nbs/41_export.ipynb #710a4224
-def _table(self: ExportResult) -> pd.DataFrame:
+@patch
+def table(self: ExportResult) -> pd.DataFrame:
     "One row per format: passed, errors, size, seconds, error message."
     return pd.DataFrame([{"format": f, "passed": r.passed, "max_rel_error": r.max_rel_error, "max_abs_error": r.max_abs_error,
                           "size_kb": r.size_bytes / 1024, "seconds": r.seconds, "runtime": r.runtime, "error": r.error or ""}
                          for f, r in self.formats.items()]).set_index("format")
 
-def _save(self: ExportResult, folder: str | Path | None = None) -> Path:
+@patch
+def save(self: ExportResult, folder: str | Path | None = None) -> Path:
     "Write `export.json` into `folder` (default: the export folder)."
-    p = Path(folder or self.out_dir) / "export.json"; p.write_text(self.model_dump_json(indent=1)); return p
+    return atomic_write(Path(folder or self.out_dir) / "export.json", self.model_dump_json(indent=1))
 
-def _load(cls, folder: str | Path) -> ExportResult:
+@patch(cls_method=True)
+def load(cls: ExportResult, folder: str | Path) -> ExportResult:
     "The `ExportResult` saved in an export folder."
     p = Path(folder) / "export.json"
     if not p.is_file(): raise ExportError(f"{folder}: not a FinSight export folder (no export.json)")
     try: r = cls.model_validate_json(p.read_text())
     except ValueError as e: raise ExportError(f"{p}: unreadable export metadata ({str(e)[:200]})") from None
     r.out_dir = str(Path(folder).resolve()); return r
-
-ExportResult.table, ExportResult.save, ExportResult.load = _table, _save, classmethod(_load)
 
 # %% ../nbs/41_export.ipynb #b40995be
 @dataclass
@@ -486,8 +489,28 @@ def _meta(trained: TrainedModel, name: str, out: Path, fp: str, x: torch.Tensor,
                         channels=list(trained.features.columns_), target_index=ad.target_index, target=trained.target.state(), n_windows=len(x),
                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=_versions(), **kw)
 
+# %% ../nbs/41_export.ipynb #dc609b20
+def _export(trained, fmts, out, name, fp, x, strict, triton_pytorch, max_batch_size, opset, tolerance) -> ExportResult:
+    module = copy.deepcopy(getattr(trained.adapter.module, "_orig_mod", trained.adapter.module)).cpu().eval()
+    with torch.no_grad(): ref = {"past_values": x.numpy(), "forecast": module(x).numpy(), "forecast_1": module(x[:1]).numpy()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        np.savez(tmp / "parity.npz", **ref)
+        job = _Job(trained, module, x[:2] if len(x) > 1 else x, tmp, name, max_batch_size, opset, triton_pytorch)
+        results = {f: _export_one(job, f, ref, fp, tolerance) for f in fmts}
+        res = _meta(trained, name, out, fp, x, formats=results, opset=_opset(tmp, results), max_batch_size=max_batch_size, tolerance=tolerance)
+        if res.passed or not strict:
+            res.save(tmp); _publish(tmp, out); return res
+        failed = out.with_name(out.name + ".failed"); res.out_dir = str(failed); res.save(tmp)
+        if failed.exists(): shutil.rmtree(failed)
+        tmp.rename(failed)
+        raise ExportValidationError(f"export of {name} failed for {', '.join(res.failed)}: " + "; ".join(f"{f}: {res.formats[f].error}" for f in res.failed)
+                                    + f". {out} is unchanged; the failed files are in {failed}", res)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
 # %% ../nbs/41_export.ipynb #ab36bed2
-def export_model(trained: TrainedModel, # what training returns (`train_model_sync(...)["model"]`, `TrainedModel.load`)
+def export_model(trained: TrainedModel, # what training returns (`train_model_sync(...).model`, `TrainedModel.load`)
                  formats: str | Iterable[str] = "all", # any of FORMATS, or "all"
                  out_dir: str | Path | None = None, # default: <runs_dir>/exports/<name>
                  name: str | None = None, # model name (Triton), default <symbol>_<timeframe>_<model type>
@@ -511,25 +534,19 @@ def export_model(trained: TrainedModel, # what training returns (`train_model_sy
     x = parity_windows(trained, windows, n_windows)
     return _export(trained, fmts, out, name, fp, x, strict, triton_pytorch, max_batch_size, opset, tolerance)
 
-# %% ../nbs/41_export.ipynb #dc609b20
-def _export(trained, fmts, out, name, fp, x, strict, triton_pytorch, max_batch_size, opset, tolerance) -> ExportResult:
-    module = copy.deepcopy(getattr(trained.adapter.module, "_orig_mod", trained.adapter.module)).cpu().eval()
-    with torch.no_grad(): ref = {"past_values": x.numpy(), "forecast": module(x).numpy(), "forecast_1": module(x[:1]).numpy()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+# %% ../nbs/41_export.ipynb #040fa21b
+def _recheck(folder: Path, old: FormatResult, ref: dict, fingerprint: str, tolerance: float) -> FormatResult:
+    "`old` checked again from its files."
+    t0, r, problems = time.perf_counter(), old.model_copy(update={"error": None, "passed": False}), []
+    missing = [f for f in old.files if not (folder / f).is_file()]
+    if missing: problems.append(f"missing file(s) {missing}")
+    else: problems += [f"{f} changed since the export (sha256 differs)" for f in old.files if _sha256(folder / f) != old.sha256.get(f)]
     try:
-        np.savez(tmp / "parity.npz", **ref)
-        job = _Job(trained, module, x[:2] if len(x) > 1 else x, tmp, name, max_batch_size, opset, triton_pytorch)
-        results = {f: _export_one(job, f, ref, fp, tolerance) for f in fmts}
-        res = _meta(trained, name, out, fp, x, formats=results, opset=_opset(tmp, results), max_batch_size=max_batch_size, tolerance=tolerance)
-        if res.passed or not strict:
-            res.save(tmp); _publish(tmp, out); return res
-        failed = out.with_name(out.name + ".failed"); res.out_dir = str(failed); res.save(tmp)
-        if failed.exists(): shutil.rmtree(failed)
-        tmp.rename(failed)
-        raise ExportValidationError(f"export of {name} failed for {', '.join(res.failed)}: " + "; ".join(f"{f}: {res.formats[f].error}" for f in res.failed)
-                                    + f". {out} is unchanged; the failed files are in {failed}", res)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+        if not missing: r.max_abs_error, r.max_rel_error, r.runtime = _check_files(old.format, folder, old.files, ref, fingerprint)
+        if r.max_rel_error is not None and r.max_rel_error > tolerance: problems.append(f"relative error {r.max_rel_error:.3g} > tolerance {tolerance:g}")
+    except Exception as e: problems.append(_brief(e))
+    r.passed, r.error, r.seconds = not problems, "; ".join(problems) or None, time.perf_counter() - t0
+    return r
 
 # %% ../nbs/41_export.ipynb #185ec8fc
 def check_export(source: ExportResult | str | Path, # an ExportResult, or an export folder
@@ -548,17 +565,3 @@ def check_export(source: ExportResult | str | Path, # an ExportResult, or an exp
     if strict and not res.passed:
         raise ExportValidationError(f"{folder}: " + "; ".join(f"{f}: {res.formats[f].error}" for f in res.failed), res)
     return res
-
-# %% ../nbs/41_export.ipynb #040fa21b
-def _recheck(folder: Path, old: FormatResult, ref: dict, fingerprint: str, tolerance: float) -> FormatResult:
-    "`old` checked again from its files."
-    t0, r, problems = time.perf_counter(), old.model_copy(update={"error": None, "passed": False}), []
-    missing = [f for f in old.files if not (folder / f).is_file()]
-    if missing: problems.append(f"missing file(s) {missing}")
-    else: problems += [f"{f} changed since the export (sha256 differs)" for f in old.files if _sha256(folder / f) != old.sha256.get(f)]
-    try:
-        if not missing: r.max_abs_error, r.max_rel_error, r.runtime = _check_files(old.format, folder, old.files, ref, fingerprint)
-        if r.max_rel_error is not None and r.max_rel_error > tolerance: problems.append(f"relative error {r.max_rel_error:.3g} > tolerance {tolerance:g}")
-    except Exception as e: problems.append(_brief(e))
-    r.passed, r.error, r.seconds = not problems, "; ".join(problems) or None, time.perf_counter() - t0
-    return r

@@ -1,4 +1,4 @@
-"""The steps of one training job (load, validate, split, train, plot, export, summarise) as calls that the papermill template, `finsight train` and the job service share.
+"""What a forecasting job does besides training: load and validate the bars, plot, tabulate the metrics beside the naive forecast, and record the run in MLflow. The forecast task (`finsight.tasks`) chains these steps.
 
 Docs: https://finsight.github.io/finsight/pipeline.html.md"""
 
@@ -6,174 +6,103 @@ Docs: https://finsight.github.io/finsight/pipeline.html.md"""
 
 # %% ../nbs/42_pipeline.ipynb #2bcb7050
 from __future__ import annotations
-import json, time
+import tempfile, warnings
 from pathlib import Path
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from .settings import ConfigError, get_settings
-from .data.sources import DataLoaderType, TimeFrame, check_symbol, data_fingerprint, get_data_loader
+from .settings import write_json
+from .data.sources import data_fingerprint
+from .data.loaders import get_data_loader
 from .data.validation import ValidationReport, validate_ohlcv
-from .data.splits import DataSplit, temporal_split
-from .features import BasicFeatureEngineering
-from .models import ModelConfig, ModelType
-from .training import ModelTrainingFacade, forecast_windows, plot_forecast, plot_history
-from .export import ExportResult, export_model
-from .tracking import get_tracker, log_training_run
+from .training import TrainingOutcome, forecast_windows, plot_forecast, plot_history
+from .tracking import IExperimentTracker, MLflowArtifactHelper, MLflowExperimentTracker, TrackingError, run_environment
+from .registry import register_run_model, registered_name, save_model_dir
 
 # %% auto #0
-__all__ = ['SUMMARY_KEYS', 'JobParams', 'job_params', 'job_name', 'output_folder', 'load_bars', 'split_bars', 'model_config',
-           'train', 'save_plots', 'export', 'metrics_table', 'summarize', 'write_summary', 'run_training', 'record_run']
+__all__ = ['PLOTS', 'load_bars', 'save_plots', 'metrics_table', 'training_params', 'log_training_run']
 
-# %% ../nbs/42_pipeline.ipynb #7bd93135
-class JobParams(BaseModel):
-    "Parameters of one training job (the template's `parameters` cell)."
-    model_config = ConfigDict(extra="forbid")
-    symbol: str = "SP500"
-    timeframe: str = "1d"
-    model_type: str = "patchtst"
-    data_source: str = "local" # local | cloud | hybrid
-    config: dict = Field(default_factory=dict) # ModelConfig overrides
-    train_ratio: float = 0.7
-    val_ratio: float = 0.15
-    seed: int | None = None # overrides config["seed"]
-    tracking_uri: str = "" # "" = the settings' (embedded sqlite under runs/)
-    experiment_name: str = "" # "" = the settings'
-    track: bool = True # record the run in MLflow (or the local tracker)
-    export_formats: list[str] = Field(default_factory=lambda: ["pt", "onnx"])
-    output_dir: str = "" # "" = <runs_dir>/jobs/<job name>
-    job_id: str = "" # set by the job service
-    job_store: str = "" # the job service's SQLite store, for progress updates
-    torch_threads: int = 0 # 0 = torch's default
-    device: str = "" # "" = the settings' device policy; "cpu" or "cuda"
-
-    @field_validator("symbol")
-    @classmethod
-    def _symbol(cls, v): return check_symbol(v)
-    @field_validator("timeframe")
-    @classmethod
-    def _tf(cls, v): return TimeFrame.parse(v).value
-    @field_validator("model_type")
-    @classmethod
-    def _mt(cls, v): return ModelType.parse(v).value
-    @field_validator("data_source")
-    @classmethod
-    def _ds(cls, v):
-        try: return DataLoaderType(v).value
-        except ValueError: raise ConfigError(f"data_source={v!r} is invalid: must be one of {', '.join(k.value for k in DataLoaderType)}") from None
-
-# %% ../nbs/42_pipeline.ipynb #134e20a8
-def job_params(params: JobParams | dict | None = None, **kw) -> JobParams:
-    "Checked `JobParams` from a dict or keywords; errors name the field."
-    try: return params if isinstance(params, JobParams) and not kw else JobParams(**{**(dict(params or {})), **kw})
-    except Exception as e:
-        if isinstance(e, ConfigError): raise
-        errs = getattr(e, "errors", lambda: [])()
-        cause = next((er.get("ctx", {}).get("error") for er in errs if er.get("ctx", {}).get("error")), None)
-        if cause is not None: raise ConfigError(str(cause)) from None
-        raise ConfigError("job parameters: " + "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in errs)) from None
-
-def job_name(p: JobParams) -> str:
-    "`<symbol>_<timeframe>_<model>`: how jobs, folders and executed notebooks are named."
-    return f"{p.symbol}_{p.timeframe}_{p.model_type}"
-
-# %% ../nbs/42_pipeline.ipynb #13ed1b54
-def output_folder(p: JobParams) -> Path:
-    "Where the job writes: `output_dir`, or `<runs_dir>/jobs/<job name>` (always inside runs/ for a default)."
-    if p.output_dir: return Path(p.output_dir).expanduser().resolve()
-    runs = get_settings().path("runs_dir")
-    out = (runs / "jobs" / job_name(p)).resolve()
-    if runs.resolve() not in out.parents: raise ConfigError(f"job folder {out} would lie outside {runs}")
-    return out
-
-def load_bars(p: JobParams) -> tuple[pd.DataFrame, ValidationReport]:
-    "The job's bars from its data source, validated strictly (a report of warnings comes back)."
-    bars = get_data_loader(p.data_source).load(p.symbol, p.timeframe)
-    return bars, validate_ohlcv(bars, p.timeframe, strict=True, name=f"{p.symbol} {p.timeframe}")
-
-def split_bars(bars: pd.DataFrame, p: JobParams) -> DataSplit:
-    "Train / validation / test bars in time order."
-    return temporal_split(bars, p.train_ratio, p.val_ratio)
-
-# %% ../nbs/42_pipeline.ipynb #8b629129
-def model_config(p: JobParams) -> ModelConfig:
-    "The job's `ModelConfig`: settings defaults, then the `config` overrides, then `seed`."
-    over = dict(p.config) | ({"seed": p.seed} if p.seed is not None else {})
-    return ModelConfig.from_overrides(over)
-
-def train(p: JobParams, split: DataSplit, callbacks=(), progress: bool = True) -> dict:
-    "Train the job's model on `split` (features fitted on its training bars only)."
-    import torch
-    if p.torch_threads: torch.set_num_threads(p.torch_threads)
-    device = torch.device(p.device) if p.device == "cpu" or (p.device and torch.cuda.is_available()) else None
-    out = output_folder(p)
-    facade = ModelTrainingFacade(checkpoint_root=out / "checkpoints", callbacks=list(callbacks), progress=progress, device=device)
-    return facade.train_model_sync(p.symbol, p.timeframe, p.model_type, split.train, split.val, BasicFeatureEngineering(),
-                                   model_config(p), run_id=job_name(p), test_data=split.test, job_id=p.job_id or None)
+# %% ../nbs/42_pipeline.ipynb #4a56b8e8
+def load_bars(symbol: str, timeframe="1d", data_source: str | None = None) -> tuple[pd.DataFrame, ValidationReport]:
+    "The bars of `symbol` at `timeframe` from `data_source` (default: the settings'), validated strictly; (bars, report)."
+    bars = get_data_loader(data_source or None).load(symbol, timeframe)
+    return bars, validate_ohlcv(bars, timeframe, strict=True, name=f"{symbol} {getattr(timeframe, 'value', timeframe)}")
 
 # %% ../nbs/42_pipeline.ipynb #70eb02a2
-def save_plots(result: dict, out: Path) -> dict[str, Path]:
-    "Training curves and test forecast against actual and naive, as PNG files in `out`."
+PLOTS = ("training_curve", "forecast_val", "forecast_test")
+
+def save_plots(outcome: TrainingOutcome, folder: str | Path) -> dict[str, Path]:
+    "The training curves and the validation and test forecasts beside actual and naive, as PNG files in `folder`."
     import matplotlib.pyplot as plt
-    m, out = result["model"], Path(out); out.mkdir(parents=True, exist_ok=True)
-    part = m.windows.test if m.windows.test is not None else m.windows.val
-    title = f"{result['model_type']} on {result['symbol']} {result['timeframe']}"
-    figs = {"training_curves": plot_history(result["history"], title),
-            "forecast_vs_actual": plot_forecast(forecast_windows(m.adapter, part, m.target), title=f"{title}, {'test' if m.windows.test is not None else 'validation'}")}
+    m, folder = outcome.model, Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    title = f"{m.model_type} on {m.symbol} {m.timeframe}"
+    figs = {"training_curve": plot_history(outcome.history, title)} if outcome.history else {}
+    for part in ("val", "test"):
+        ds = getattr(m.windows, part, None) if m.windows is not None else None
+        if ds is not None and len(ds): figs[f"forecast_{part}"] = plot_forecast(forecast_windows(m.adapter, ds, m.target), title=f"{title}, {part}")
     paths = {}
-    for k, fig in figs.items(): fig.savefig(paths.setdefault(k, out / f"{k}.png"), dpi=80); plt.close(fig)
+    for k, fig in figs.items(): fig.savefig(paths.setdefault(k, folder / f"{k}.png"), dpi=80); plt.close(fig)
     return paths
 
-def export(result: dict, p: JobParams) -> ExportResult | None:
-    "Export the trained model to the job's formats under `<output>/model`, checked against the trained model."
-    if not p.export_formats: return None
-    return export_model(result["model"], p.export_formats, output_folder(p) / "model", overwrite=True)
-
 # %% ../nbs/42_pipeline.ipynb #cd14e12d
-def metrics_table(result: dict) -> pd.DataFrame:
+def metrics_table(outcome: TrainingOutcome) -> pd.DataFrame:
     "Model against naive forecast, per part: MAE, RMSE, MAPE, MASE, skill, windows."
-    m = result["metrics"]
-    rows = {part: {"model MAE": m[f"{part}_mae"], "naive MAE": m[f"{part}_naive_mae"], "model RMSE": m[f"{part}_rmse"],
-                   "naive RMSE": m[f"{part}_naive_rmse"], "model MAPE %": m[f"{part}_mape"], "naive MAPE %": m[f"{part}_naive_mape"],
-                   "MASE": m[f"{part}_mase"], "skill": m[f"{part}_skill"], "windows": m[f"{part}_windows"]}
-            for part in ("val", "test") if f"{part}_mae" in m}
+    rows = {part: {"model MAE": m.mae, "naive MAE": m.naive_mae, "model RMSE": m.rmse, "naive RMSE": m.naive_rmse, "model MAPE %": m.mape,
+                   "naive MAPE %": m.naive_mape, "MASE": m.mase, "skill": m.skill, "windows": m.windows}
+            for part, m in (("val", outcome.metrics.val), ("test", outcome.metrics.test)) if m is not None}
     return pd.DataFrame(rows).T
 
-# %% ../nbs/42_pipeline.ipynb #50840cc1
-SUMMARY_KEYS = ["symbol", "timeframe", "model_type", "val_mae", "val_naive_mae", "val_mase", "val_skill", "test_mae", "test_naive_mae",
-                "test_mase", "test_skill", "epochs", "best_epoch", "train_seconds", "mlflow_run_id"]
+# %% ../nbs/42_pipeline.ipynb #29b808f7
+def training_params(outcome: TrainingOutcome) -> dict:
+    "Every hyperparameter and set-up value of a training outcome, flat."
+    m = outcome.model; fe = m.features.state()
+    p = {**m.config.to_dict(), "symbol": m.symbol, "timeframe": m.timeframe, "model_type": m.model_type,
+         "n_channels": m.adapter.n_channels, "target_index": m.adapter.target_index, "n_parameters": m.adapter.num_parameters,
+         "target.kind": m.target.kind, "target.mean": m.target.mean, "target.std": m.target.std, "precision": outcome.result.precision}
+    return p | {f"features.{k}": v for k, v in fe["config"].items()} | {"features.columns": fe["columns"], "features.warmup": fe["warmup"]}
 
-def summarize(p: JobParams, result: dict, seconds: float, mlflow_run_id: str | None = None, export: ExportResult | None = None, bars=None) -> dict:
-    "Leaderboard row of a finished job: metrics beside naive, epochs, seconds, MLflow run id."
-    m = result["metrics"]
-    row = {"job": job_name(p), "job_id": p.job_id, "symbol": p.symbol, "timeframe": p.timeframe, "model_type": p.model_type,
-           **{k: m.get(k) for k in SUMMARY_KEYS if k in m}, "seconds": round(seconds, 2), "mlflow_run_id": mlflow_run_id,
-           "config": result["config"], "exports": {f: r.passed for f, r in export.formats.items()} if export else {},
-           "output_dir": str(output_folder(p))}
-    if bars is not None: row["data"] = data_fingerprint(bars, p.symbol, p.timeframe)
-    return row
+# %% ../nbs/42_pipeline.ipynb #24e8890d
+def _stage_training_files(outcome: TrainingOutcome, bars, export_dir, stage: Path) -> tuple[dict, dict]:
+    "Write the JSON files, plots, model and export manifest of a run into `stage`; (fingerprint, environment)."
+    m = outcome.model; fp = data_fingerprint(bars, m.symbol, m.timeframe) if bars is not None else None
+    env = run_environment()
+    cfg = {"symbol": m.symbol, "timeframe": m.timeframe, "model_type": m.model_type, "config": m.config.to_dict()}
+    files = {"config.json": cfg, "features.json": m.features.state(), "metrics.json": outcome.metrics.to_dict(),
+             "history.json": outcome.history, "environment.json": env, "target.json": m.target.state()} | ({"data.json": fp} if fp else {})
+    for f, obj in files.items(): write_json(stage / f, obj)
+    save_plots(outcome, stage / "plots"); save_model_dir(m, stage / "model")
+    if export_dir is not None: write_json(stage / "exports_manifest.json", MLflowArtifactHelper.prepare_model_artifacts(export_dir))
+    return fp, env
 
-def write_summary(summary: dict, path: str | Path) -> Path:
-    "Write a job summary as JSON (atomically)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp"); tmp.write_text(json.dumps(summary, indent=1, default=str)); tmp.replace(path)
-    return path
+def _training_tags(outcome: TrainingOutcome, fp: dict | None, env: dict) -> dict:
+    m = outcome.model
+    tags = {"finsight.kind": "training", "finsight.task": "forecast", "finsight.symbol": m.symbol, "finsight.timeframe": m.timeframe,
+            "finsight.model_type": m.model_type, "finsight.registered_name": registered_name(m.symbol, m.timeframe, m.model_type),
+            "finsight.seed": m.config.seed, "git.commit": env["git_commit"], "git.dirty": env["git_dirty"],
+            "mlflow.source.git.commit": env["git_commit"], "finsight.data_hash": (fp or {}).get("hash")}
+    return tags | {f"version.{k}": v for k, v in env.items() if not k.startswith("git_")}
 
-# %% ../nbs/42_pipeline.ipynb #114986e9
-def run_training(params: JobParams | dict | None = None, callbacks=(), progress: bool = True, **kw) -> dict:
-    "Run one training job in this process; its summary (also written to `<output>/metrics.json`)."
-    p, t0 = job_params(params, **kw), time.perf_counter()
-    out = output_folder(p)
-    bars, _ = load_bars(p)
-    result = train(p, split_bars(bars, p), callbacks, progress)
-    save_plots(result, out)
-    exp = export(result, p)
-    run_id = record_run(p, result, bars, exp, out) if p.track else None
-    summary = summarize(p, result, time.perf_counter() - t0, run_id, exp, bars)
-    write_summary(summary, out / "metrics.json")
-    return summary
+# %% ../nbs/42_pipeline.ipynb #ee243cd9
+def log_training_run(tracker: IExperimentTracker, outcome: TrainingOutcome, # what `ModelTrainingFacade.train_model_sync` returned
+                     bars: pd.DataFrame | None = None, # the bars trained on (train+val+test), for the data fingerprint
+                     export_dir: str | Path | None = None, # exported models (a folder) logged under exports/
+                     extra_artifacts=(), tags: dict | None = None, run_name: str | None = None,
+                     run_id: str | None = None, # log into this open run (left open) instead of a new one
+                     register: bool = True, log_history: bool = True) -> str:
+    "Record a training run (parameters, metrics by epoch and final, data fingerprint, environment, plots, model, exports); the run id."
+    if run_id is None:
+        with tracker.run(run_name or outcome.run_id, tags) as rid: _log_training(tracker, rid, outcome, bars, export_dir, extra_artifacts, None, register, log_history)
+        return rid
+    _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history); return run_id
 
-def record_run(p: JobParams, result: dict, bars: pd.DataFrame, exp: ExportResult | None, out: Path) -> str | None:
-    "Record the run in MLflow (or offline when MLflow is unreachable): params, metrics beside naive, data fingerprint, plots, model, exports; its run id."
-    tracker = get_tracker(tracking_uri=p.tracking_uri or None, experiment_name=p.experiment_name or None)
-    tags = {"finsight.job": job_name(p), **({"finsight.job_id": p.job_id} if p.job_id else {}), "finsight.data_source": p.data_source}
-    return log_training_run(tracker, result, bars, export_dir=exp.out_dir if exp else None, tags=tags, run_name=job_name(p))
+def _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history) -> None:
+    with tempfile.TemporaryDirectory(prefix="finsight-run-") as t:
+        stage = Path(t); fp, env = _stage_training_files(outcome, bars, export_dir, stage)
+        tracker.set_tags_sync(_training_tags(outcome, fp, env) | (tags or {}), run_id)
+        tracker.log_params_sync(training_params(outcome) | ({f"data.{k}": v for k, v in fp.items()} if fp else {}), run_id)
+        if log_history: tracker.log_history_sync(outcome.history, run_id=run_id)
+        tracker.log_metrics_sync(outcome.metrics.to_dict(), run_id=run_id)
+        for p in sorted(stage.iterdir()): tracker.log_artifact_sync(p, None, run_id)
+        if export_dir is not None: tracker.log_artifact_sync(export_dir, "exports", run_id)
+        for p in extra_artifacts: tracker.log_artifact_sync(p, None, run_id)
+    if register and isinstance(tracker, MLflowExperimentTracker) and not tracker.local_id(run_id):
+        try: register_run_model(run_id, tracker=tracker)
+        except TrackingError as e: warnings.warn(f"run {run_id} is recorded, but its model was not registered: {e}")

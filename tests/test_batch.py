@@ -36,7 +36,7 @@ def test_batch_runs_jobs_in_parallel_into_one_mlflow_store(batch):
         arts = [a.path for a in client.list_artifacts(rid)]
         assert "notebook" in arts and "exports" in arts                                    # executed notebook and exports logged
     html = (folder / "leaderboard.html").read_text()
-    assert html.count("data:image/png;base64") == 4 and "MASE" in html
+    assert html.count("data:image/png;base64") == 6 and "MASE" in html          # curves, validation and test forecasts per job
     for nb in board.notebook: assert Path(nb).exists() and Path(nb).parent == folder
 
 

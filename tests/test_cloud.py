@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from finsight.data.cloud import (BucketNotFoundError, CacheStats, CloudCredentialsError, CloudDataLoader, HybridDataLoader,
-                                 LocalS3Server, ObjectNotFoundError, StaleCacheWarning, StoreUnreachableError, free_port,
+                                 ObjectNotFoundError, StaleCacheWarning, StoreUnreachableError,
                                  mlflow_artifacts_destination, mlflow_s3_env, s3_etag, sync_to_cloud)
-from finsight.data.sources import DataSourceError, LocalDataLoader, TimeFrame, get_data_loader, synthetic_ohlcv
+from finsight.data.sources import DataSourceError, LocalDataLoader, TimeFrame, synthetic_ohlcv
+from finsight.data.loaders import get_data_loader
+from finsight.testing import LocalS3Server, free_port
 from finsight.settings import load_settings
 
 KEY_ID, SECRET = "AKIAFINSIGHTTEST0042", "finsight-test-secret-must-not-leak"

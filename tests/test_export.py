@@ -28,7 +28,7 @@ def models(bars, tmp_path_factory):
     "A tiny PatchTST and PatchTSMixer, trained one epoch each (a few seconds)."
     f = ModelTrainingFacade(checkpoint_root=tmp_path_factory.mktemp("ckpt"), progress=False)
     return {mt: f.train_model_sync("SYN", "1h", mt, bars.iloc[:600], bars.iloc[600:750], BasicFeatureEngineering(), ModelConfig(**CFG),
-                                   test_data=bars.iloc[750:])["model"] for mt in TYPES}
+                                   test_data=bars.iloc[750:]).model for mt in TYPES}
 
 
 @pytest.fixture(scope="session", params=TYPES)

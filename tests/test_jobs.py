@@ -8,8 +8,9 @@ import pytest
 import torch
 from finsight.settings import get_settings
 from finsight.training import TrainingJobStatus
-from finsight.jobs import (AsyncTrainingRequest, JobRequestError, JobStore, TrainingService, notebook_error, plan_workers,
-                           process_token)
+from finsight.jobs import AsyncTrainingRequest, JobRequestError, TrainingService, plan_workers
+from finsight.job_store import JobStore, process_token
+from finsight.runner import notebook_error
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -33,7 +34,7 @@ def nbs(tmp_path_factory):
     boom = _notebook(d / "boom.ipynb", 'symbol = ""\nmetrics_path = ""',
                      'raise ValueError(f"boom for {symbol}")', 'open(metrics_path, "w").write("{}")')
     progress = _notebook(d / "progress.ipynb", 'job_id = ""\njob_store = ""\nmetrics_path = ""\nrelease = ""',
-                         "import time\nfrom pathlib import Path\nfrom finsight.jobs import progress_callback, report_result\n"
+                         "import time\nfrom pathlib import Path\nfrom finsight.job_store import progress_callback, report_result\n"
                          "from finsight.training import TrainingProgressUpdate\ncb = progress_callback(job_id, job_store)",
                          'cb(TrainingProgressUpdate(job_id=job_id, status="running", progress=1/3, current_epoch=1, total_epochs=3,'
                          ' current_loss=0.5, validation_loss=0.6, eta_seconds=7))\n'

@@ -14,9 +14,9 @@ from finsight.data.validation import DataValidationError
 from finsight.models import ModelConfig, ModelError, ModelFactory, ModelType
 from finsight.training import CheckpointError, load_checkpoint
 from finsight.export import ExportError, ExportValidationError
-from finsight.sentiment import (SENTIMENT, SentimentAdapter, SentimentConfig, TextSplit, TrainedSentimentModel, OnnxSentimentModel,
-                                bundled_encoder_path, check_model_folder, export_sentiment, load_sample_sentences, predict_sentiment,
-                                read_labelled_texts, split_texts, tiny_text_model, train_sentiment, validate_texts, _check_parity)
+from finsight.data.texts import TextSplit, load_sample_sentences, read_labelled_texts, split_texts, validate_texts
+from finsight.text_models import SentimentAdapter, SentimentConfig, bundled_encoder_path, check_model_folder, tiny_text_model
+from finsight.sentiment import TrainedSentimentModel, OnnxSentimentModel, export_sentiment, predict_sentiment, train_sentiment, _check_parity
 
 ROOT = Path(__file__).resolve().parent.parent
 FROZEN = dict(max_seq_len=48, freeze_encoder=True, num_epochs=2, batch_size=32, learning_rate=3e-3, seed=0)
@@ -93,20 +93,20 @@ def test_unknown_and_empty_labels_and_texts_are_refused(sample, tiny, tmp_path):
 def test_any_label_set_given_in_the_config(sample, tiny, tmp_path):
     moved = sample.assign(label=sample.label.map({"negative": "down", "neutral": "flat", "positive": "up"}))
     out = train_sentiment(moved, tiny_cfg(tiny, labels=["down", "flat", "up"], num_epochs=1), checkpoint_root=tmp_path, progress=False)
-    assert out["labels"] == ["down", "flat", "up"] and out["majority_label"] == "flat"
-    assert {"test_precision_up", "test_recall_down", "test_f1_flat"} <= set(out["metrics"])
-    assert out["model"].adapter.module.model.config.id2label == {0: "down", 1: "flat", 2: "up"}
-    assert set(out["model"].predict(["Sales rose."]).columns) == {"text", "label", "confidence", "p_down", "p_flat", "p_up"}
+    assert out.labels == ["down", "flat", "up"] and out.majority_label == "flat"
+    assert {"test_precision_up", "test_recall_down", "test_f1_flat"} <= set(out.metrics)
+    assert out.model.adapter.module.model.config.id2label == {0: "down", 1: "flat", 2: "up"}
+    assert set(out.model.predict(["Sales rose."]).columns) == {"text", "label", "confidence", "p_down", "p_flat", "p_up"}
 
 
 def test_overlong_texts_are_truncated_and_counted(sample, tiny, tmp_path):
     long = "The company said revenue rose in every region and margins improved as costs fell " * 6
     df = pd.concat([sample.drop(columns="timestamp"), pd.DataFrame({"text": [f"{long} ({i})" for i in range(4)], "label": "positive"})], ignore_index=True)
     out = train_sentiment(df, tiny_cfg(tiny, num_epochs=1), checkpoint_root=tmp_path, progress=False, split="stratified")
-    rep = out["report"]
-    assert out["metrics"]["truncated_texts"] == 4 and rep["overlong texts"].count == 4 and rep.ok   # a warning, not an error
+    rep = out.report
+    assert out.metrics["truncated_texts"] == 4 and rep["overlong texts"].count == 4 and rep.ok   # a warning, not an error
     assert "4 texts longer than max_seq_len=32 tokens were truncated" in rep["overlong texts"].detail
-    enc = out["model"].adapter.encode([long])
+    enc = out.model.adapter.encode([long])
     assert enc.input_ids.shape[1] == 32 and enc.truncated == 1
 
 
@@ -137,56 +137,57 @@ def test_model_folder_that_is_not_a_transformers_model(tmp_path, tiny):
     with pytest.raises(ModelError, match="notes/config.json is not a transformers model configuration"):
         SentimentAdapter({"model_path": str(notes)})
     with pytest.raises(ConfigError, match="takes a SentimentConfig"):
-        ModelFactory.create("sentiment", ModelConfig())
+        SentimentAdapter(ModelConfig())
 
 
 # --- model, training, metrics -------------------------------------------------------------------------------------
 
-def test_registered_beside_the_forecasters(tiny):
-    assert ModelType.parse("sentiment") is SENTIMENT and SENTIMENT.value == "sentiment"
-    assert {"patchtst", "patchtsmixer", "dlinear", "sentiment"} <= set(ModelFactory.available())
+def test_a_text_model_not_a_forecasting_model_type(tiny):
+    "The classifier is a model adapter beside the forecasters, reached through the sentiment task, not a forecasting ModelType."
+    with pytest.raises(ConfigError, match="unknown model type 'sentiment'"): ModelType.parse("sentiment")
+    assert "sentiment" not in ModelFactory.available() and "text_classifier" not in ModelFactory.available()
     f = ModelFactory.create("dlinear", {"context_length": 16, "patch_length": 4}, 2, 0)     # the forecasting path is untouched
     assert f.predict(np.zeros((3, 16, 2))).shape == (3, 1)
-    a = ModelFactory.create("Sentiment", tiny_cfg(tiny).to_dict())
-    assert isinstance(a, SentimentAdapter) and a.model_type is SENTIMENT and a.folder == tiny.resolve()
+    a = SentimentAdapter(tiny_cfg(tiny).to_dict())
+    assert a.model_type == "text_classifier" and a.folder == tiny.resolve()
     assert check_model_folder(None) == bundled_encoder_path() and (bundled_encoder_path() / "model.safetensors").is_file()
 
 
 def test_minilm_beats_the_majority_class_on_the_same_split(minilm):
-    m, split = minilm["metrics"], minilm["split"]
+    m, split = minilm.metrics, minilm.split
     majority = split.train.label.value_counts().idxmax()
-    assert minilm["majority_label"] == majority == "neutral"
+    assert minilm.majority_label == majority == "neutral"
     for part in ("val", "test"):
         y = getattr(split, part).label
         assert m[f"{part}_majority_accuracy"] == pytest.approx((y == majority).mean())
         assert m[f"{part}_accuracy"] > m[f"{part}_majority_accuracy"] + 0.1 and m[f"{part}_macro_f1"] > m[f"{part}_majority_macro_f1"] + 0.2
-        assert np.sum(minilm["confusion"][part]) == len(y) == m[f"{part}_examples"]
+        assert np.sum(minilm.confusion[part]) == len(y) == m[f"{part}_examples"]
         assert {f"{part}_precision_negative", f"{part}_recall_positive", f"{part}_loss"} <= set(m)
-    assert minilm["report"].ok and [h["epoch"] for h in minilm["history"]] == [1, 2]
-    assert minilm["model_type"] == "sentiment" and minilm["config"]["freeze_encoder"] is True and minilm["run_id"] == "minilm"
+    assert minilm.report.ok and [h["epoch"] for h in minilm.history] == [1, 2]
+    assert minilm.model_type == "text_classifier" and minilm.config.freeze_encoder is True and minilm.run_id == "minilm"
 
 
 def test_frozen_encoder_stays_put_and_full_fine_tuning_moves_it(minilm, sample, tmp_path):
     pre = load_file(bundled_encoder_path() / "model.safetensors")
     key = next(k for k in pre if k.endswith("encoder.layer.5.output.dense.weight"))
-    sd = minilm["model"].adapter.module.model.bert.state_dict()
+    sd = minilm.model.adapter.module.model.bert.state_dict()
     assert torch.equal(sd[key.removeprefix("bert.")], pre[key])
     small = split_texts(sample, by="stratified", seed=0)
     small = TextSplit(small.train.iloc[::2], small.val, small.test.iloc[:0])      # 84 training texts, no test part
     out = train_sentiment(small, SentimentConfig(max_seq_len=32, num_epochs=1, batch_size=16, learning_rate=5e-5, seed=0), checkpoint_root=tmp_path, progress=False)
-    moved = out["model"].adapter.module.model.bert.state_dict()[key.removeprefix("bert.")]
-    assert not torch.equal(moved, pre[key]) and np.isfinite(out["history"][0]["loss"])
-    assert "test_accuracy" not in out["metrics"] and "val_accuracy" in out["metrics"]
+    moved = out.model.adapter.module.model.bert.state_dict()[key.removeprefix("bert.")]
+    assert not torch.equal(moved, pre[key]) and np.isfinite(out.history[0]["loss"])
+    assert "test_accuracy" not in out.metrics and "val_accuracy" in out.metrics
 
 
 def test_mixed_precision_accumulation_and_same_seed(tiny, sample, tmp_path):
     cfg = tiny_cfg(tiny, mixed_precision=True, gradient_accumulation_steps=2, num_epochs=1)
     a = train_sentiment(sample, cfg, checkpoint_root=tmp_path / "a", progress=False)
     b = train_sentiment(sample, cfg, checkpoint_root=tmp_path / "b", progress=False)
-    assert a["result"].precision == "bf16" and a["history"][0]["batches"] == 6      # 168 texts / 16 per batch = 11 batches, 2 per step
-    assert a["history"][0]["loss"] == b["history"][0]["loss"] and a["metrics"]["val_loss"] == b["metrics"]["val_loss"]
+    assert a.result.precision == "bf16" and a.history[0]["batches"] == 6      # 168 texts / 16 per batch = 11 batches, 2 per step
+    assert a.history[0]["loss"] == b.history[0]["loss"] and a.metrics["val_loss"] == b.metrics["val_loss"]
     c = train_sentiment(sample, tiny_cfg(tiny, mixed_precision=True, gradient_accumulation_steps=2, num_epochs=1, seed=1), checkpoint_root=tmp_path / "c", progress=False)
-    assert c["history"][0]["loss"] != a["history"][0]["loss"]
+    assert c.history[0]["loss"] != a.history[0]["loss"]
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny, sample, tmp_path):
@@ -198,19 +199,19 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, sample, tmp_path):
     with pytest.raises(Boom): train_sentiment(sample, cfg, run_id="cut", checkpoint_root=tmp_path, callbacks=[die], progress=False)
     assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
     res = train_sentiment(sample, cfg, run_id="cut", checkpoint_root=tmp_path, resume_from=tmp_path / "cut", progress=False)
-    assert [h["loss"] for h in res["history"]] == [h["loss"] for h in full["history"]]
-    for k, v in full["model"].adapter.module.state_dict().items(): assert torch.equal(v, res["model"].adapter.module.state_dict()[k])
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in full.history]
+    for k, v in full.model.adapter.module.state_dict().items(): assert torch.equal(v, res.model.adapter.module.state_dict()[k])
     with pytest.raises(CheckpointError, match=r"labels \(checkpoint \['negative', 'neutral', 'positive'\], this run \['neutral', 'negative', 'positive'\]\)"):
         train_sentiment(sample, tiny_cfg(tiny, num_epochs=3, early_stopping_patience=10, labels=["neutral", "negative", "positive"]),
                         run_id="other", checkpoint_root=tmp_path, resume_from=tmp_path / "cut", progress=False)
 
 
 def test_checkpoints_and_saved_models_load_weights_only(minilm, tmp_path):
-    model = minilm["model"]
+    model = minilm.model
     texts = ["Net profit doubled.", "The plant will close and 300 jobs go.", "The meeting is on Friday."]
     pt = model.adapter.save(tmp_path / "m.pt")
     raw = torch.load(pt, weights_only=True)
-    assert raw["model_type"] == "sentiment" and raw["config"]["labels"] == ["negative", "neutral", "positive"]
+    assert raw["model_type"] == "text_classifier" and raw["config"]["labels"] == ["negative", "neutral", "positive"]
     np.testing.assert_allclose(SentimentAdapter.load(pt).predict(texts), model.adapter.predict(texts), atol=1e-6)
     folder = model.save(tmp_path / "saved")
     again = TrainedSentimentModel.load(folder)
@@ -226,7 +227,7 @@ def test_onnx_export_parity_tokenizer_and_triton(minilm, sample, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
     import onnx
-    model, out = minilm["model"], tmp_path / "export"
+    model, out = minilm.model, tmp_path / "export"
     meta = export_sentiment(model, out, name="finsight_sentiment", max_batch_size=64)
     assert meta["max_rel_err"] <= 1e-4 and meta["checked_texts"] == 36
     g = onnx.load(str(out / "model.onnx")).graph
@@ -268,21 +269,22 @@ def test_export_refuses_to_overwrite_bad_names_and_a_model_that_does_not_match(t
 
 # --- the template -------------------------------------------------------------------------------------------------
 
-def test_template_runs_as_a_papermill_job(tiny, tmp_path):
+def test_template_runs_as_a_papermill_job(tiny, tmp_path, monkeypatch):
     import papermill as pm
+    monkeypatch.setenv("FINSIGHT_RUNS_DIR", str(tmp_path))                   # the kernel writes under this runs folder only
     out, metrics = tmp_path / "job", tmp_path / "result.json"
     pm.execute_notebook(str(ROOT / "nbs" / "templates" / "train_sentiment.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
                         parameters={"model_path": str(tiny), "config": {"num_epochs": 1, "max_seq_len": 32, "batch_size": 32, "learning_rate": 1e-3},
                                     "output_dir": str(out), "metrics_path": str(metrics), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
                         progress_bar=False, cwd=str(ROOT / "nbs" / "templates"))
     m = json.loads(metrics.read_text())
-    assert m["kind"] == "sentiment" and m["test_examples"] == 36 and m["export"]["max_rel_err"] <= 1e-4
+    assert m["task"] == "sentiment" and m["test_examples"] == 36 and m["exports"] == {"onnx": True, "triton": True}
     import mlflow
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(m["mlflow_run_id"])                                     # the template tracked its run
     assert run.data.metrics["test_accuracy"] == pytest.approx(m["test_accuracy"]) and "exports" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"test_accuracy", "test_majority_accuracy", "val_macro_f1", "val_majority_macro_f1", "epochs"} <= set(m)
     for f in ("metrics.json", "history.json", "confusion_test.png", "training_curve.png", "model/finsight.json", "export/model.onnx",
-              "export/triton/sentiment/config.pbtxt", "checkpoints/sentiment_sample/epoch_001.pt"):
+              "export/triton/sentiment/config.pbtxt", "checkpoints/financial_sentences_sentiment/epoch_001.pt"):
         assert (out / f).is_file(), f
     assert not (out / "metrics.json").read_text() == metrics.read_text()      # run files beside the job's summary

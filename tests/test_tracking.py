@@ -7,7 +7,7 @@ an unreachable server (fallback with a warning, then `sync_to_mlflow` replays th
 mid-run; malformed URIs; two processes creating and writing one sqlite store at once; secrets kept out of runs;
 the JSON tracker where MLflow is not importable; the async twins and the sync command.
 """
-import asyncio, json, logging, os, shutil, subprocess, sys, tempfile, textwrap, threading, warnings
+import asyncio, dataclasses, json, logging, os, shutil, subprocess, sys, tempfile, textwrap, threading, warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,12 @@ from finsight.data.sources import data_fingerprint, load_bundled
 from finsight.features import BasicFeatureEngineering
 from finsight.models import ModelConfig
 from finsight.settings import ConfigError, get_settings
-from finsight.tracking import (LocalMlflowServer, MLflowExperimentTracker, RunStatus, SimpleExperimentTracker, TrackingError,
-                               TrackingFallbackWarning, clean_params, free_port, get_tracker, load_model_by_alias, log_training_run,
-                               pending_runs, promote_best, register_run_model, registered_name, sync_to_mlflow, tracking_sync_main)
+from finsight.tracking import (MLflowExperimentTracker, RunStatus, SimpleExperimentTracker, TrackingError, TrackingFallbackWarning,
+                               clean_params, get_tracker)
+from finsight.registry import load_model_by_alias, promote_best, register_run_model, registered_name
+from finsight.tracking_sync import pending_runs, sync_to_mlflow, tracking_sync_main
+from finsight.pipeline import log_training_run
+from finsight.testing import LocalMlflowServer, free_port
 from finsight.training import ModelTrainingFacade, predict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +76,7 @@ def result(sp):
 def export_dir(tmp_path_factory, result):
     "A folder shaped like 41_export's output (tracking only logs it)."
     d = tmp_path_factory.mktemp("export") / "SP500_1d_dlinear"
-    (d / "onnx").mkdir(parents=True); result["model"].save(d / "model.pt")
+    (d / "onnx").mkdir(parents=True); result.model.save(d / "model.pt")
     (d / "onnx" / "model.onnx").write_bytes(b"\x08\x07onnx-bytes"); (d / "export.json").write_text(json.dumps({"formats": ["pt", "onnx"]}))
     return d
 
@@ -113,18 +116,18 @@ def test_training_run_is_recorded(kind, server, tmp_path, template_db, result, e
         warnings.simplefilter("error", TrackingFallbackWarning)  # the server and the store are up: no fallback
         rid = log_training_run(tracker, result, bars=sp, export_dir=export_dir, extra_artifacts=[tmp_path / "notes.md"], tags={"team": "quant"})
     r = tracker.get_run(rid)
-    assert r["status"] == "finished" and r["where"] == ("local" if kind == "json" else "mlflow") and r["run_name"] == result["run_id"]
+    assert r["status"] == "finished" and r["where"] == ("local" if kind == "json" else "mlflow") and r["run_name"] == result.run_id
     # every hyperparameter, the set-up and the data fingerprint
-    assert {k: r["params"][k] for k in result["config"]} == clean_params(result["config"])
+    assert {k: r["params"][k] for k in result.config.to_dict()} == clean_params(result.config.to_dict())
     fp = data_fingerprint(sp, "SP500", "1d")
     assert {k: r["params"][f"data.{k}"] for k in fp} == {k: str(v) for k, v in fp.items()} and fp["rows"] == len(sp)
     assert (r["params"]["symbol"], r["params"]["model_type"], r["params"]["features.normalize_features"]) == ("SP500", "dlinear", "True")
-    assert json.loads(r["params"]["features.columns"]) == result["features"]["columns"]
+    assert json.loads(r["params"]["features.columns"]) == result.model.features.state()["columns"]
     # per-epoch metrics with their epoch as step; final metrics beside the naive forecast
     for key, rec in (("loss", "loss"), ("val_loss", "val_loss"), ("learning_rate", "learning_rate"), ("epoch_seconds", "seconds")):
-        assert tracker.metric_history(rid, key) == [(h["epoch"], pytest.approx(h[rec])) for h in result["history"]]
+        assert tracker.metric_history(rid, key) == [(h["epoch"], pytest.approx(h[rec])) for h in result.history]
     for k in ("val_mae", "val_naive_mae", "val_mase", "val_skill", "test_mase", "test_naive_rmse", "best_epoch"):
-        assert r["metrics"][k] == pytest.approx(result["metrics"][k], rel=1e-12), k
+        assert r["metrics"][k] == pytest.approx(result.metrics.to_dict()[k], rel=1e-12), k
     # environment: seed, git commit and dirty flag, versions
     import torch, transformers, finsight
     t = r["tags"]
@@ -138,8 +141,8 @@ def test_training_run_is_recorded(kind, server, tmp_path, template_db, result, e
             "model/artifacts/trained_model.pt", "exports/model.pt", "exports/onnx/model.onnx", "exports/export.json", "exports_manifest.json"} <= arts, arts
     assert _read_artifact(tracker, rid, "plots/forecast_test.png")[:8] == b"\x89PNG\r\n\x1a\n"
     feats = json.loads(_read_artifact(tracker, rid, "features.json"))
-    assert feats["mean"] == result["features"]["mean"] and feats["std"] == result["features"]["std"] and feats["config"] == result["features"]["config"]
-    assert json.loads(_read_artifact(tracker, rid, "config.json"))["config"] == result["config"]
+    assert feats["mean"] == result.model.features.state()["mean"] and feats["std"] == result.model.features.state()["std"] and feats["config"] == result.model.features.state()["config"]
+    assert json.loads(_read_artifact(tracker, rid, "config.json"))["config"] == result.config.to_dict()
     manifest = json.loads(_read_artifact(tracker, rid, "exports_manifest.json"))
     assert manifest["manifest"] == {"formats": ["pt", "onnx"]} and "onnx" in manifest["formats"] and len(manifest["files"]) == 3
     reqs = _read_artifact(tracker, rid, "model/requirements.txt").decode()
@@ -156,7 +159,7 @@ def test_run_statuses(kind, server, tmp_path, template_db, result):
     with pytest.raises(KeyboardInterrupt), tracker.run("interrupted") as killed: raise KeyboardInterrupt
     with tracker.run("ok") as ok: tracker.log_metrics_sync({"x": 1.0}, step=3)
     explicit = tracker.start_run_sync(run_name="stopped by the user"); tracker.end_run_sync("KILLED", explicit)
-    broken = {**result, "history": [{"epoch": 1}]}  # logging itself fails: the run it started ends failed
+    broken = dataclasses.replace(result, result=dataclasses.replace(result.result, history=[{"epoch": 1}]))  # logging itself fails: the run it started ends failed
     with pytest.raises(Exception): log_training_run(tracker, broken, run_name="broken result")
     assert _find(tracker, "broken result")["status"] == "failed"
     runs = {tracker.get_run(r)["run_name"]: tracker.get_run(r) for r in (failed, killed, ok, explicit)}
@@ -165,10 +168,10 @@ def test_run_statuses(kind, server, tmp_path, template_db, result):
     assert tracker.metric_history(ok, "x") == [(3, 1.0)]
     # the job service's way: it opens the run, training logs into it, the run stays open until the job ends it
     rid = tracker.start_run_sync(run_name="job")
-    tracker.log_history_sync(result["history"], run_id=rid)
+    tracker.log_history_sync(result.history, run_id=rid)
     assert log_training_run(tracker, result, run_id=rid, log_history=False, register=False) == rid and tracker.get_run(rid)["status"] == "running"
     tracker.end_run_sync(RunStatus.FINISHED, rid)
-    assert len(tracker.metric_history(rid, "loss")) == len(result["history"]) and tracker.get_run(rid)["status"] == "finished"
+    assert len(tracker.metric_history(rid, "loss")) == len(result.history) and tracker.get_run(rid)["status"] == "finished"
     with pytest.raises(TrackingError, match="unknown run status"): tracker.end_run_sync("done", rid)
 
 
@@ -189,18 +192,18 @@ def test_async_twins(server, tmp_path):
 def test_registry_promotes_best_val_mase_and_loads_by_alias(server, tmp_path, sp):
     tracker = MLflowExperimentTracker(server.uri, experiment_name="registry", fallback_dir=tmp_path)
     good, bad = _train(sp, seed=1, run_id="good"), _train(sp, seed=2, lr=0.05, epochs=1, run_id="bad")
-    good, bad = ({**r, "symbol": "REGTEST"} for r in (good, bad))
-    assert good["metrics"]["val_mase"] != bad["metrics"]["val_mase"]
+    good, bad = (dataclasses.replace(r, model=dataclasses.replace(r.model, symbol="REGTEST")) for r in (good, bad))
+    assert good.metrics.val.mase != bad.metrics.val.mase
     ids = {n: log_training_run(tracker, r, run_name=n) for n, r in (("good", good), ("bad", bad))}
     name = registered_name("REGTEST", "1d", "dlinear")
-    best_key = min(ids, key=lambda n: {"good": good, "bad": bad}[n]["metrics"]["val_mase"])
+    best_key = min(ids, key=lambda n: {"good": good, "bad": bad}[n].metrics.val.mase)
     best = promote_best("REGTEST", "1d", "dlinear", tracker=tracker)
     assert (best["name"], best["alias"], best["run_id"], best["candidates"]) == (name, "champion", ids[best_key], 2)
-    assert best["val_mase"] == pytest.approx({"good": good, "bad": bad}[best_key]["metrics"]["val_mase"])
+    assert best["val_mase"] == pytest.approx({"good": good, "bad": bad}[best_key].metrics.val.mase)
     mv = tracker.client.get_model_version_by_alias(name, "champion")
     assert mv.run_id == ids[best_key] and float(mv.tags["val_mase"]) == pytest.approx(best["val_mase"])
     model = load_model_by_alias(name, tracker=tracker)
-    original = {"good": good, "bad": bad}[best_key]["model"]
+    original = {"good": good, "bad": bad}[best_key].model
     assert np.array_equal(predict(model, sp).to_numpy(), predict(original, sp).to_numpy())
     assert np.array_equal(predict(model, sp, every_window=True).to_numpy(), predict(original, sp, every_window=True).to_numpy())
     # the same model through MLflow's own pyfunc loader, from a frame with a timestamp column (as a REST call sends it)
@@ -209,7 +212,7 @@ def test_registry_promotes_best_val_mase_and_loads_by_alias(server, tmp_path, sp
     assert np.array_equal(pf.predict(sp.reset_index()).to_numpy(), predict(original, sp).to_numpy())
     # skill: higher is better, a second alias
     by_skill = promote_best("REGTEST", "1d", "dlinear", metric="val_skill", alias="skilled", tracker=tracker)
-    assert by_skill["val_skill"] == max(r["metrics"]["val_skill"] for r in (good, bad))
+    assert by_skill["val_skill"] == max(r.metrics.val.skill for r in (good, bad))
     with pytest.raises(TrackingError, match="has no alias 'missing'"): load_model_by_alias(name, "missing", tracker=tracker)
     with pytest.raises(TrackingError, match="no registered version of finsight-NOPE-1d-dlinear"): promote_best("NOPE", "1d", "dlinear", tracker=tracker)
     with pytest.raises(TrackingError, match="needs an MLflowExperimentTracker"): promote_best("REGTEST", "1d", "dlinear", tracker=SimpleExperimentTracker(tmp_path))
@@ -395,7 +398,8 @@ def test_no_secrets_in_runs(server, tmp_path, monkeypatch, capsys, caplog, resul
 _NO_MLFLOW = textwrap.dedent("""
     import sys, json, warnings
     sys.modules["mlflow"] = None  # import mlflow raises ImportError
-    from finsight.tracking import get_tracker, log_training_run, SimpleExperimentTracker
+    from finsight.tracking import get_tracker, SimpleExperimentTracker
+    from finsight.pipeline import log_training_run
     from finsight.training import ModelTrainingFacade
     from finsight.models import ModelConfig
     from finsight.data.sources import synthetic_ohlcv
@@ -426,7 +430,6 @@ def test_json_tracker_needs_no_mlflow_and_syncs_later(server, tmp_path):
 
 
 def test_pending_runs_put_parents_before_children_started_in_the_same_millisecond(tmp_path):
-    from finsight.tracking import pending_runs
     st = SimpleExperimentTracker(tmp_path, "order", pending_sync=True)
     with st.run("zz-parent") as parent:
         with st.run("aa-child", nested=True) as child: pass

@@ -31,14 +31,14 @@ def train(sp, tmp_path, model="patchtst", progress=False, callbacks=(), **cfg):
 @pytest.mark.parametrize("model", ["patchtst", "patchtsmixer", "dlinear"])
 def test_same_seed_same_metrics(sp, tmp_path, model):
     a, b = train(sp, tmp_path, model), train(sp, tmp_path, model)
-    assert a["metrics"]["val_mae"] == b["metrics"]["val_mae"] and a["history"][-1]["loss"] == b["history"][-1]["loss"]
+    assert a.metrics.val.mae == b.metrics.val.mae and a.history[-1]["loss"] == b.history[-1]["loss"]
     c = train(sp, tmp_path, model, seed=8)
-    assert c["metrics"]["val_mae"] != a["metrics"]["val_mae"]
+    assert c.metrics.val.mae != a.metrics.val.mae
 
 
 def test_metrics_stand_beside_naive_on_the_same_windows(sp, tmp_path):
     out = train(sp, tmp_path)
-    m, model = out["metrics"], out["model"]
+    m, model = out.metrics.to_dict(), out.model
     for part in ("val", "test"):
         assert {f"{part}_{k}" for k in ("mae", "mse", "rmse", "mape", "naive_mae", "naive_mse", "mase", "skill")} <= set(m)
         f = forecast_windows(model.adapter, getattr(model.windows, part), model.target)
@@ -59,8 +59,8 @@ def test_resume_after_interruption_equals_uninterrupted(sp, tmp_path):
     f = ModelTrainingFacade(checkpoint_root=tmp_path / "b", progress=False)
     res = f.train_model_sync("SP500", "1d", "patchtsmixer", *sp[:2], BasicFeatureEngineering(), ModelConfig(**{**TINY, "num_epochs": 4}),
                              run_id="cut", test_data=sp[2], resume_from=ck)
-    assert res["metrics"]["test_mae"] == full["metrics"]["test_mae"]
-    sa, sb = full["model"].adapter.module.state_dict(), res["model"].adapter.module.state_dict()
+    assert res.metrics.test.mae == full.metrics.test.mae
+    sa, sb = full.model.adapter.module.state_dict(), res.model.adapter.module.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -85,10 +85,10 @@ def test_fast_dropout_is_deterministic_resumes_exactly_and_gives_the_model_back(
     kw = dict(num_epochs=3, fast_dropout=True)
     a, b = train(sp, tmp_path, "patchtsmixer", run_id="a", **kw), train(sp, tmp_path, "patchtsmixer", run_id="b", **kw)
     plain = train(sp, tmp_path, "patchtsmixer", num_epochs=3)
-    assert a["history"][-1]["loss"] == b["history"][-1]["loss"] and a["metrics"]["val_mae"] == b["metrics"]["val_mae"]
-    assert a["history"][0]["loss"] != plain["history"][0]["loss"]        # the masks really came from FastDropout
-    assert a["history"][-1]["val_loss"] == pytest.approx(plain["history"][-1]["val_loss"], rel=0.25)
-    drops = [type(m) for m in a["model"].adapter.module.modules() if isinstance(m, torch.nn.Dropout)]
+    assert a.history[-1]["loss"] == b.history[-1]["loss"] and a.metrics.val.mae == b.metrics.val.mae
+    assert a.history[0]["loss"] != plain.history[0]["loss"]        # the masks really came from FastDropout
+    assert a.history[-1]["val_loss"] == pytest.approx(plain.history[-1]["val_loss"], rel=0.25)
+    drops = [type(m) for m in a.model.adapter.module.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops and set(drops) == {torch.nn.Dropout}                       # saved and exported models never see it
     class Boom(Exception): pass
     def die(u):
@@ -97,8 +97,8 @@ def test_fast_dropout_is_deterministic_resumes_exactly_and_gives_the_model_back(
     f = ModelTrainingFacade(checkpoint_root=tmp_path, progress=False)
     res = f.train_model_sync("SP500", "1d", "patchtsmixer", *sp[:2], BasicFeatureEngineering(), ModelConfig(**{**TINY, **kw}),
                              run_id="cut", test_data=sp[2], resume_from=tmp_path / "cut")
-    assert res["history"] == [{**h, "seconds": r["seconds"]} for h, r in zip(a["history"], res["history"])]
-    sa, sb = a["model"].adapter.module.state_dict(), res["model"].adapter.module.state_dict()
+    assert res.history == [{**h, "seconds": r["seconds"]} for h, r in zip(a.history, res.history)]
+    sa, sb = a.model.adapter.module.state_dict(), res.model.adapter.module.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -121,7 +121,7 @@ def test_resume_may_switch_fast_dropout_and_compile_but_not_dropout(sp, tmp_path
     train(sp, tmp_path, num_epochs=1, run_id="y")
     f = ModelTrainingFacade(checkpoint_root=tmp_path, progress=False)
     res = f.train_model_sync("SP500", "1d", "patchtst", *sp[:2], None, ModelConfig(**{**TINY, "num_epochs": 2, "fast_dropout": True}), resume_from=tmp_path / "y")
-    assert res["result"].epochs_run == 2 and len(res["history"]) == 2
+    assert res.result.epochs_run == 2 and len(res.history) == 2
     with pytest.raises(CheckpointError, match="dropout"):
         f.train_model_sync("SP500", "1d", "patchtst", *sp[:2], None, ModelConfig(**{**TINY, "num_epochs": 2, "dropout": 0.2}), resume_from=tmp_path / "y")
 
@@ -149,18 +149,18 @@ def test_bad_training_inputs(sp, tmp_path):
 def test_gradient_accumulation_mixed_precision_and_progress(sp, tmp_path):
     ups = []
     out = train(sp, tmp_path, num_epochs=2, gradient_accumulation_steps=2, mixed_precision=True, callbacks=[ups.append])
-    n_batches = -(-len(out["model"].windows.train) // TINY["batch_size"])
-    assert out["history"][0]["batches"] == -(-n_batches // 2)            # one optimizer step per two batches
-    assert out["result"].precision == "bf16" and np.isfinite(out["metrics"]["val_mae"])
+    n_batches = -(-len(out.model.windows.train) // TINY["batch_size"])
+    assert out.history[0]["batches"] == -(-n_batches // 2)            # one optimizer step per two batches
+    assert out.result.precision == "bf16" and np.isfinite(out.metrics.val.mae)
     assert [u.progress for u in ups] == [0.5, 1.0] and ups[0].eta_seconds >= 0 and ups[-1].status == TrainingJobStatus.COMPLETED
 
 
 def test_early_stopping_restores_best_weights(sp, tmp_path):
     out = train(sp, tmp_path, num_epochs=30, early_stopping_patience=2, learning_rate=0.05)
-    h = out["history"]
-    assert out["result"].stopped_early and len(h) < 30
+    h = out.history
+    assert out.result.stopped_early and len(h) < 30
     best = min(range(len(h)), key=lambda i: h[i]["val_loss"])
-    assert out["result"].best_epoch == best + 1 and len(h) == best + 1 + 2
+    assert out.result.best_epoch == best + 1 and len(h) == best + 1 + 2
 
 
 def test_force_cpu(monkeypatch):
@@ -169,11 +169,11 @@ def test_force_cpu(monkeypatch):
 
 def test_predict_from_saved_model_through_cache(sp, tmp_path):
     out = train(sp, tmp_path)
-    path = out["model"].save(tmp_path / "m.pt")
+    path = out.model.save(tmp_path / "m.pt")
     bars = pd.concat(sp)
     cache = ModelCache(max_size=2, ttl_seconds=60)
     p = predict(cache.get(path), bars)
     assert list(p.index) == [bars.index[-1] + pd.Timedelta("1D"), bars.index[-1] + pd.Timedelta("2D")]
     assert (p["forecast"] - bars.close.iloc[-1]).abs().max() < 0.2 * bars.close.iloc[-1]   # prices, near the last close
     assert cache.get(path) is cache.get(path) and cache.hits == 2
-    pd.testing.assert_frame_equal(p, predict(out["model"], bars))
+    pd.testing.assert_frame_equal(p, predict(out.model, bars))
