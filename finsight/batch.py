@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 import pandas as pd
-from .settings import FinsightError, get_settings
+from .settings import FinsightError, atomic_write, get_settings
 from .data.sources import check_symbol
 from .tasks import TASKS, get_task
 from .tracking import TrackingError, get_tracker
@@ -61,14 +61,14 @@ def _img(path: Path) -> str:
 def write_leaderboard(board: pd.DataFrame, folder: str | Path, title: str = "FinSight batch") -> dict[str, Path]:
     "Write `leaderboard.csv` and `leaderboard.html` (the table, what each task's columns mean, each job's plots) into `folder`."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    board.drop(columns=["output_dir"], errors="ignore").to_csv(csv := folder / "leaderboard.csv", index=False)
+    csv = atomic_write(folder / "leaderboard.csv", board.drop(columns=["output_dir"], errors="ignore").to_csv(index=False))
     fmt = {c: "{:.4f}".format for c in board.columns if pd.api.types.is_float_dtype(board[c]) and c != "seconds"}
     notes = [f"<p><b>{html.escape(n)}</b>: {html.escape(TASKS[n].leaderboard_note)}</p>" for n in dict.fromkeys(board.task) if n in TASKS]
     parts = [f"<h1>{html.escape(title)}</h1>", *notes, board.drop(columns=["output_dir", "notebook"], errors="ignore").to_html(index=False, formatters=fmt, na_rep="")]
     for r in board.itertuples():
         plots = TASKS[r.task].plots if r.task in TASKS else ()
         if r.output_dir: parts.append(f"<h2>{html.escape(' '.join(str(x) for x in (r.symbol, r.timeframe, r.model_type) if x))}</h2>" + "".join(_img(Path(r.output_dir) / f"{k}.png") for k in plots))
-    (page := folder / "leaderboard.html").write_text("<html><body style='font-family:sans-serif'>" + "\n".join(parts) + "</body></html>")
+    page = atomic_write(folder / "leaderboard.html", "<html><body style='font-family:sans-serif'>" + "\n".join(parts) + "</body></html>")
     return {"csv": csv, "html": page}
 
 # %% ../nbs/51_batch.ipynb #c39ea2e7

@@ -27,7 +27,7 @@ from .training import TrainedModel
 __all__ = ['FORMATS', 'INPUT_NAME', 'OUTPUT_NAME', 'EXPORT_FORMAT', 'REL_TOLERANCE', 'ExportError', 'ExportValidationError',
            'parse_formats', 'parity', 'model_fingerprint', 'check_exportable', 'parity_windows', 'FormatResult',
            'ExportResult', 'quiet_exporters', 'ExportedModel', 'load_exported', 'triton_config', 'onnx_io',
-           'check_triton_config', 'export_model', 'check_export']
+           'check_triton_config', 'publish_folder', 'export_model', 'check_export']
 
 # %% ../nbs/41_export.ipynb #6b79d672
 class ExportError(FinsightError, ValueError):
@@ -429,8 +429,8 @@ def _check_out_dir(out: Path, fingerprint: str, overwrite: bool) -> None:
     if old != fingerprint and not overwrite:
         raise ExportError(f"{out} holds the export of another model (fingerprint {old}, this model {fingerprint}): choose another folder, or pass overwrite=True to replace it; nothing was written")
 
-def _publish(tmp: Path, out: Path) -> None:
-    "Move the finished export `tmp` to `out` (an existing `out` is swapped out first and deleted after)."
+def publish_folder(tmp: Path, out: Path) -> None:
+    "Move the finished folder `tmp` to `out` by renames (an existing `out` is swapped out first and deleted after): readers see the old folder or the new one."
     old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}") if out.exists() else None
     if old: out.rename(old)
     try: tmp.rename(out)
@@ -501,7 +501,7 @@ def _export(trained, fmts, out, name, fp, x, strict, triton_pytorch, max_batch_s
         results = {f: _export_one(job, f, ref, fp, tolerance) for f in fmts}
         res = _meta(trained, name, out, fp, x, formats=results, opset=_opset(tmp, results), max_batch_size=max_batch_size, tolerance=tolerance)
         if res.passed or not strict:
-            res.save(tmp); _publish(tmp, out); return res
+            res.save(tmp); publish_folder(tmp, out); return res
         failed = out.with_name(out.name + ".failed"); res.out_dir = str(failed); res.save(tmp)
         if failed.exists(): shutil.rmtree(failed)
         tmp.rename(failed)

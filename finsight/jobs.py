@@ -18,7 +18,7 @@ from .data.sources import DataLoaderType, TimeFrame, check_symbol
 from .training import TrainingJobStatus
 from .tasks import Task, get_task
 from .job_store import JobError, JobStore, owner_alive, process_token
-from .runner import RESERVED_PARAMETERS, declared_parameters, load_template, run_attempt
+from .runner import RESERVED_PARAMETERS, declared_parameters, load_template, run_attempt, warm_up
 
 # %% auto #0
 __all__ = ['JobRequestError', 'AsyncTrainingRequest', 'AsyncTrainingResponse', 'TrainingJobStatusResponse',
@@ -42,7 +42,7 @@ def _inside(path: Path, root: Path) -> Path:
     if not p.is_relative_to(r): raise JobRequestError(f"{p} is outside {r}: job files stay inside the runs folder")
     return p
 
-# %% ../nbs/50b_jobs.ipynb #d262e929
+# %% ../nbs/50b_jobs.ipynb #4b21879f
 def _extra_parameters(v) -> dict:
     "Extra papermill parameters: Python names the service does not set, with plain JSON values."
     if not isinstance(v, dict | None): raise ValueError(f"parameters must be a dict (name -> value), not {type(v).__name__}")
@@ -52,7 +52,7 @@ def _extra_parameters(v) -> dict:
     except (TypeError, ValueError) as e: raise ValueError(f"parameters must be plain JSON data (numbers, text, lists, dicts): {e}") from None
     return dict(v or {})
 
-# %% ../nbs/50b_jobs.ipynb #0ea4c5c1
+# %% ../nbs/50b_jobs.ipynb #6f4d499f
 class AsyncTrainingRequest(CheckedModel):
     "One job: which task, on what, with which model, and how to run it; checked by its task when the request is made."
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
@@ -99,7 +99,7 @@ class AsyncTrainingRequest(CheckedModel):
         p = task.params(**self.job_fields(task), **{k: v for k, v in extra.items() if k in fields})
         object.__setattr__(self, "model_type", p.model_type)
 
-# %% ../nbs/50b_jobs.ipynb #9ed09a46
+# %% ../nbs/50b_jobs.ipynb #66cf25d3
 @patch
 def job_fields(self: AsyncTrainingRequest, task: Task) -> dict:
     "The request's symbol, model, config, timeframe and data source, as far as the task's job parameters have them."
@@ -179,8 +179,11 @@ class TrainingService:
                  torch_threads: int | None = None, # torch threads per job (default: cores // jobs at once)
                  backoff: float = 5.0, backoff_max: float = 300.0, # retry delay: backoff * 2**(failures-1), capped
                  stale_after: float = 60.0, # another host's job with no heartbeat for this long is recovered
-                 poll_interval: float = 0.2, execution_timeout: int | None = None, kernel_name: str = "python3"):
+                 poll_interval: float = 0.2, execution_timeout: int | None = None, kernel_name: str = "python3",
+                 warm_kernels: bool = True): # fork each job's kernel from a warm zygote (`finsight.runner`) instead of starting a new interpreter
         self.store = store if isinstance(store, JobStore) else JobStore(store)
+        self.warm_kernels = warm_kernels
+        if warm_kernels and not scheduler_address and not processes: warm_up()   # jobs run in this process's Dask worker threads
         self.runs_dir = get_settings().path("runs_dir")
         self.scheduler_address, self.processes, self.backoff, self.backoff_max = scheduler_address, processes, backoff, backoff_max
         self.stale_after, self.poll_interval, self.execution_timeout, self.kernel_name = stale_after, poll_interval, execution_timeout, kernel_name
@@ -199,7 +202,7 @@ def _cuda_devices() -> int:
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
-# %% ../nbs/50b_jobs.ipynb #aa8a8695
+# %% ../nbs/50b_jobs.ipynb #81cf5df7
 def check_request_data(reqs: list[AsyncTrainingRequest]) -> None:
     "Refuse requests whose data their task cannot find, naming the request."
     for i, r in enumerate(reqs):
@@ -328,7 +331,7 @@ def _spec(self: TrainingService, job: dict) -> dict:
     return {"store": str(self.store.path), "job_id": job["id"], "attempt": job["attempts"], "template": job["template"], "parameters": params,
             "output_notebook": job["output_notebook"], "metrics_path": job["metrics_path"], "runs_dir": str(self.runs_dir), "gpu": bool(job["gpu"]),
             "gpu_ids": None if self.scheduler_address else self.gpus, "torch_threads": threads, "backoff": self.backoff, "backoff_max": self.backoff_max,
-            "execution_timeout": self.execution_timeout, "kernel_name": self.kernel_name, "heartbeat_interval": min(1.0, self.poll_interval * 2)}
+            "execution_timeout": self.execution_timeout, "kernel_name": self.kernel_name, "warm_kernels": self.warm_kernels, "heartbeat_interval": min(1.0, self.poll_interval * 2)}
 
 # %% ../nbs/50b_jobs.ipynb #5c03025c
 @patch

@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/pipeline.html.md"""
 
 # %% ../nbs/42_pipeline.ipynb #2bcb7050
 from __future__ import annotations
-import tempfile, warnings
+import shutil, tempfile, warnings
 from pathlib import Path
 import pandas as pd
 from .settings import write_json
@@ -20,7 +20,7 @@ from .registry import register_run_model, registered_name, save_model_dir
 # %% auto #0
 __all__ = ['PLOTS', 'load_bars', 'save_plots', 'metrics_table', 'training_params', 'log_training_run']
 
-# %% ../nbs/42_pipeline.ipynb #4a56b8e8
+# %% ../nbs/42_pipeline.ipynb #4a4c4958
 def load_bars(symbol: str, timeframe="1d", data_source: str | None = None) -> tuple[pd.DataFrame, ValidationReport]:
     "The bars of `symbol` at `timeframe` from `data_source` (default: the settings'), validated strictly; (bars, report)."
     bars = get_data_loader(data_source or None).load(symbol, timeframe)
@@ -60,15 +60,17 @@ def training_params(outcome: TrainingOutcome) -> dict:
     return p | {f"features.{k}": v for k, v in fe["config"].items()} | {"features.columns": fe["columns"], "features.warmup": fe["warmup"]}
 
 # %% ../nbs/42_pipeline.ipynb #24e8890d
-def _stage_training_files(outcome: TrainingOutcome, bars, export_dir, stage: Path) -> tuple[dict, dict]:
-    "Write the JSON files, plots, model and export manifest of a run into `stage`; (fingerprint, environment)."
+def _stage_training_files(outcome: TrainingOutcome, bars, export_dir, stage: Path, plots: dict[str, Path] | None = None) -> tuple[dict, dict]:
+    "Write the JSON files, plots (copies of `plots` when given), model and export manifest of a run into `stage`; (fingerprint, environment)."
     m = outcome.model; fp = data_fingerprint(bars, m.symbol, m.timeframe) if bars is not None else None
     env = run_environment()
     cfg = {"symbol": m.symbol, "timeframe": m.timeframe, "model_type": m.model_type, "config": m.config.to_dict()}
     files = {"config.json": cfg, "features.json": m.features.state(), "metrics.json": outcome.metrics.to_dict(),
              "history.json": outcome.history, "environment.json": env, "target.json": m.target.state()} | ({"data.json": fp} if fp else {})
     for f, obj in files.items(): write_json(stage / f, obj)
-    save_plots(outcome, stage / "plots"); save_model_dir(m, stage / "model")
+    if plots: (stage / "plots").mkdir(); [shutil.copy2(p, stage / "plots" / Path(p).name) for p in plots.values()]
+    else: save_plots(outcome, stage / "plots")
+    save_model_dir(m, stage / "model")
     if export_dir is not None: write_json(stage / "exports_manifest.json", MLflowArtifactHelper.prepare_model_artifacts(export_dir))
     return fp, env
 
@@ -86,16 +88,18 @@ def log_training_run(tracker: IExperimentTracker, outcome: TrainingOutcome, # wh
                      export_dir: str | Path | None = None, # exported models (a folder) logged under exports/
                      extra_artifacts=(), tags: dict | None = None, run_name: str | None = None,
                      run_id: str | None = None, # log into this open run (left open) instead of a new one
-                     register: bool = True, log_history: bool = True) -> str:
+                     register: bool = True, log_history: bool = True,
+                     plots: dict[str, Path] | None = None, # PNG files `save_plots` already drew, logged as they are (default: drawn here)
+                    ) -> str:
     "Record a training run (parameters, metrics by epoch and final, data fingerprint, environment, plots, model, exports); the run id."
     if run_id is None:
-        with tracker.run(run_name or outcome.run_id, tags) as rid: _log_training(tracker, rid, outcome, bars, export_dir, extra_artifacts, None, register, log_history)
+        with tracker.run(run_name or outcome.run_id, tags) as rid: _log_training(tracker, rid, outcome, bars, export_dir, extra_artifacts, None, register, log_history, plots)
         return rid
-    _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history); return run_id
+    _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history, plots); return run_id
 
-def _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history) -> None:
+def _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history, plots=None) -> None:
     with tempfile.TemporaryDirectory(prefix="finsight-run-") as t:
-        stage = Path(t); fp, env = _stage_training_files(outcome, bars, export_dir, stage)
+        stage = Path(t); fp, env = _stage_training_files(outcome, bars, export_dir, stage, plots)
         tracker.set_tags_sync(_training_tags(outcome, fp, env) | (tags or {}), run_id)
         tracker.log_params_sync(training_params(outcome) | ({f"data.{k}": v for k, v in fp.items()} if fp else {}), run_id)
         if log_history: tracker.log_history_sync(outcome.history, run_id=run_id)

@@ -22,7 +22,7 @@ from .models import ModelError
 from .text_models import SentimentAdapter, SentimentConfig, _as_texts, _hf_quiet, _transformers, encode_texts
 from .metrics import classification_metrics, confusion_matrix, majority_class
 from .training import TrainResult, fit, plot_history
-from .export import REL_TOLERANCE, ExportError, ExportValidationError, check_triton_config, parity, quiet_exporters
+from .export import REL_TOLERANCE, ExportError, ExportValidationError, check_triton_config, parity, publish_folder, quiet_exporters
 from .tracking import IExperimentTracker, MLflowArtifactHelper, run_environment
 
 # %% auto #0
@@ -51,7 +51,7 @@ def plot_confusion_matrix(cm: np.ndarray, labels: list[str], title: str = "confu
     ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(title); fig.tight_layout()
     return fig
 
-# %% ../nbs/43_sentiment.ipynb #d15130d7
+# %% ../nbs/43_sentiment.ipynb #5eaea3fe
 @dataclass
 class TrainedSentimentModel:
     "A trained sentiment classifier with its metrics and history."
@@ -74,7 +74,7 @@ def prediction_frame(texts: list[str], logits: np.ndarray, labels: list[str]) ->
     p = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1).numpy()
     return pd.DataFrame({"text": texts, "label": [labels[i] for i in p.argmax(1)], "confidence": p.max(1)} | {f"p_{l}": p[:, i] for i, l in enumerate(labels)})
 
-# %% ../nbs/43_sentiment.ipynb #81a54b1f
+# %% ../nbs/43_sentiment.ipynb #acfdd69a
 @dataclass
 class SentimentOutcome:
     "What `train_sentiment` returns: the trained classifier, its metrics beside the majority class, and how training went."
@@ -250,8 +250,7 @@ def export_sentiment(model: TrainedSentimentModel, out_dir: str | Path, name: st
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1))
         meta |= _check_parity(adapter, tmp, _parity_texts(model, texts), tolerance) | _write_sentiment_triton(tmp, name, adapter.labels, max_batch_size)
         (tmp / EXPORT_META).write_text(json.dumps(meta | {"seconds": time.perf_counter() - t0}, indent=1))
-        if out.exists(): shutil.rmtree(out)
-        tmp.replace(out)
+        publish_folder(tmp, out)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return meta | {"folder": str(out), "seconds": time.perf_counter() - t0}
 
@@ -276,7 +275,7 @@ def write_sentiment_run(outcome: SentimentOutcome, folder: str | Path, save_mode
     if save_model: out["model"] = outcome.model.save(folder / "model")
     return out
 
-# %% ../nbs/43_sentiment.ipynb #c5e9dd0d
+# %% ../nbs/43_sentiment.ipynb #1980c17a
 def sentiment_metrics_table(outcome: SentimentOutcome) -> pd.DataFrame:
     "Model against the majority class, per part: accuracy, macro F1, loss, examples."
     m = outcome.metrics
@@ -284,7 +283,7 @@ def sentiment_metrics_table(outcome: SentimentOutcome) -> pd.DataFrame:
                              "majority macro F1": m[f"{p}_majority_macro_f1"], "loss": m[f"{p}_loss"], "examples": m[f"{p}_examples"]}
                          for p in ("val", "test") if f"{p}_accuracy" in m}).T
 
-# %% ../nbs/43_sentiment.ipynb #ece2bc42
+# %% ../nbs/43_sentiment.ipynb #9ccecd99
 def _text_fingerprint(split: TextSplit) -> dict:
     "Rows per part and a sha256 of the texts and labels of a `TextSplit`."
     h = hashlib.sha256()
@@ -296,7 +295,7 @@ def sentiment_params(outcome: SentimentOutcome) -> dict:
     return {**outcome.config.to_dict(), "dataset": outcome.dataset, "labels": outcome.labels, "model_type": outcome.model_type,
             "majority_label": outcome.majority_label} | {f"data.{k}": v for k, v in _text_fingerprint(outcome.split).items()}
 
-# %% ../nbs/43_sentiment.ipynb #bfca4de5
+# %% ../nbs/43_sentiment.ipynb #c9c74640
 def log_sentiment_run(tracker: IExperimentTracker, outcome: SentimentOutcome, export_dir: str | Path | None = None,
                       tags: dict | None = None, run_name: str | None = None, run_id: str | None = None) -> str:
     "Record a sentiment run (parameters, metrics by epoch and final, environment, plots, model, export); the run id."

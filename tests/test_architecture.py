@@ -104,3 +104,14 @@ def test_every_notebook_is_in_the_index():
     missing = [nb.stem for nb in NBS.glob("*.ipynb") if nb.stem != "index" and nb.stem not in index]
     missing += [f"templates/{nb.stem}" for nb in (NBS / "templates").glob("*.ipynb") if f"templates/{nb.stem}" not in index]
     assert not missing, f"nbs/index.ipynb does not list {missing}"
+
+
+@pytest.mark.parametrize("tpl", sorted((NBS / "templates").glob("*.ipynb")), ids=lambda p: p.name)
+def test_papermill_reads_every_template_parameter(tpl, caplog):
+    "papermill infers each name the parameters cell assigns, without 'Unable to parse' warnings (an '=' in a comment breaks it)."
+    import papermill as pm
+    from finsight.runner import declared_parameters, load_template
+    with caplog.at_level("WARNING", logger="papermill"):
+        inferred = set(pm.inspect_notebook(str(tpl)))
+    assert not [r.getMessage() for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert inferred == declared_parameters(load_template(tpl))

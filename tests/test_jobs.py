@@ -28,7 +28,9 @@ def nbs(tmp_path_factory):
     d = tmp_path_factory.mktemp("templates")
     ok = _notebook(d / "ok.ipynb", 'symbol = ""\njob_id = ""\nmetrics_path = ""\ndevice = ""\ntorch_threads = 0\nsleep = 0.0\nlog = ""\nstarted = ""',
                    'import json, os, time\nif started: open(started, "a").write(job_id + "\\n")\ntime.sleep(sleep)',
-                   'if log: open(log, "a").write(f"{job_id} {os.getppid()} {time.time()}\\n")\n'
+                   'import psutil\nparent = psutil.Process(os.getppid())   # the service, or the warm zygote it started\n'
+                   'service = parent.ppid() if "_zygote_main" in " ".join(parent.cmdline()) else parent.pid\n'
+                   'if log: open(log, "a").write(f"{job_id} {service} {time.time()}\\n")\n'
                    'json.dump({"val_mae": 1.0, "omp": os.environ.get("OMP_NUM_THREADS"), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),'
                    ' "finsight_device": os.environ.get("FINSIGHT_DEVICE"), "device": device, "torch_threads": torch_threads, "cwd": os.getcwd(), "mlflow_run_id": "run-" + job_id[:8]}, open(metrics_path, "w"))')
     boom = _notebook(d / "boom.ipynb", 'symbol = ""\nmetrics_path = ""',
