@@ -8,29 +8,14 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def machine() -> str:
-    "One line naming the machine a table was measured on."
-    import psutil
-    try:
-        import torch; tv = f", torch {torch.__version__}, {torch.get_num_threads()} threads"
-    except Exception: tv = ""
-    return f"{cpu_model()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, python {platform.python_version()}{tv}"
-
-
-def cpu_model() -> str:
-    "The CPU's model name and the vector capability torch uses on it (AVX2, AVX512, ...): numbers differ between them."
-    name = platform.processor() or platform.machine()
-    try: name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): pass
-    try:
-        import torch; name += f" ({torch.backends.cpu.get_cpu_capability()}"
-        name += ", bf16 units)" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ", no bf16 units)"
-    except Exception: pass
-    return name
+    "One line naming the hardware a table was measured on: CPU model, its vector capability and bf16 support, cores, memory, GPUs, versions (what `finsight info` shows)."
+    from finsight.hardware import describe_machine
+    return describe_machine()
 
 
 def table(rows: list[dict], floatfmt: str = "{:.3g}") -> str:
-    "A markdown table from a list of dicts (keys of the first row are the columns)."
-    cols = list(rows[0])
+    "A markdown table from a list of dicts (the keys of all rows, in order of appearance, are the columns)."
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]

@@ -20,6 +20,7 @@ from finsight.features import BasicFeatureEngineering
 from finsight.models import ModelConfig
 from finsight.training import ModelTrainingFacade
 from finsight.export import export_model, load_exported
+from finsight.hardware import resolve_device
 
 RUNTIMES = [("eager PyTorch", None), ("TorchScript (torch.jit.load)", "torchscript"), ("torch.export (.pt2)", "torch_export"),
             ("onnxruntime (CPU EP)", "onnx")]
@@ -42,18 +43,25 @@ def timings(call, inputs: list, seconds: float, min_calls: int, warmup: int) -> 
     return np.array(out)
 
 
+DEVICE = torch.device("cpu")
+
+
 def runner(tm, res, fmt):
-    "(call on a prepared input, prepare an input, seconds to load) for one runtime."
+    "(call on a prepared input, prepare an input, seconds to load) for one runtime (torch runtimes on DEVICE, onnxruntime on the CPU)."
     t = time.perf_counter()
-    if fmt is None: m = tm.adapter.module.eval()
+    if fmt is None: m = tm.adapter.module.eval().to(DEVICE)
     elif fmt == "onnx":
         s = load_exported(res.path("onnx"), "onnx").runtime
         return (lambda x: s.run(None, {"past_values": x})), (lambda x: np.ascontiguousarray(x.numpy())), time.perf_counter() - t
-    else: m = load_exported(res.path(fmt), fmt).runtime
+    else:
+        m = load_exported(res.path(fmt), fmt).runtime
+        if DEVICE.type != "cpu": m = m.to(DEVICE)
     load = time.perf_counter() - t
     def call(x):
-        with torch.inference_mode(): return m(x)
-    return call, (lambda x: x.contiguous()), load
+        with torch.inference_mode(): y = m(x)
+        if DEVICE.type == "cuda": torch.cuda.synchronize()
+        return y
+    return call, (lambda x: x.contiguous().to(DEVICE)), load
 
 
 def bench_model(model: str, seconds: float) -> list[dict]:
@@ -65,6 +73,7 @@ def bench_model(model: str, seconds: float) -> list[dict]:
     w256 = [ds.batch(torch.arange(s, s + 256))[0] for s in range(0, len(ds) - 256, 97)][:4]
     rows, base = [], {}
     for label, fmt in RUNTIMES:
+        if DEVICE.type != "cpu" and fmt == "torch_export": continue   # an exported program moves devices only through a pass: CPU numbers only
         call, prep, load_s = runner(tm, res, fmt)
         t1 = timings(call, [prep(x) for x in w1], seconds, 200, 20) * 1e3
         t256 = timings(call, [prep(x) for x in w256], seconds, 10, 3)
@@ -82,7 +91,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["patchtst", "patchtsmixer"]); ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where the torch runtimes run: cpu, or cuda (bench/gpu_check.sh); onnxruntime stays on the CPU")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = resolve_device(a.device)
     torch.set_num_threads(a.threads); warnings.filterwarnings("ignore")
     rows = [r for m in a.models for r in bench_model(m, a.seconds)]
     body = table(rows) + (
@@ -94,7 +106,8 @@ def main():
         "for the parity check at batch 128 and 1 (the Triton repository reuses the ONNX and TorchScript files). *load s*: loading the "
         "exported file as its runtime does. *max rel error*: max |exported - trained| / max |trained| on 128 test windows. "
         "The time MLflow logging adds to a run is measured by the tracking benchmark.")
-    write_section("Inference", body, "python bench/inference.py")
+    gpu = f" on {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""
+    write_section(f"Inference{gpu}", body, "python bench/inference.py" + (f" --device {a.device} --seconds {a.seconds:g}" if gpu else ""))
 
 
 if __name__ == "__main__":

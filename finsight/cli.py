@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse, json, sys
 from pathlib import Path
 import pandas as pd
-from .settings import FinsightError, get_settings
+from .settings import FinsightError, find_settings_file, get_settings, redact
+from .hardware import machine_info
 from .data.sources import DataLoaderType, TimeFrame
 from .data.loaders import get_data_loader
 from .data.cloud import sync_to_cloud
@@ -18,11 +19,11 @@ from .features import BasicFeatureEngineering, split_features
 from .tracking import resolve_tracking_uri
 from .tracking_sync import tracking_sync_main
 from .tasks import available_tasks, get_task
-from .jobs import TrainingService
+from .jobs import TrainingService, plan_workers
 from .batch import run_batch
 
 # %% auto #0
-__all__ = ['MAIN_JOB_CONFIG', 'data_report', 'main_job', 'main']
+__all__ = ['MAIN_JOB_CONFIG', 'data_report', 'main_job', 'info', 'main']
 
 # %% ../nbs/60_cli.ipynb #cbe71473
 def data_report(symbol: str, timeframe="1d", loader=None, out_dir: str | Path | None = None,
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     _job_args(sub.add_parser("run", help="run one job as a papermill job (executed notebook under runs/)"))
     _job_args(sub.add_parser("batch", help="the cross product of symbols x timeframes x models as papermill jobs"), many=True)
     sub.add_parser("tasks", help="the registered tasks, their models and templates")
+    sub.add_parser("info", help="the machine as the workbench sees it: CPU, GPUs, threads, versions, precision plan, folders").add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="the job store").add_subparsers(dest="jobs_cmd", required=True)
     jl = j.add_parser("list", help="jobs, newest last"); jl.add_argument("--batch", default=None)
     j.add_parser("status", help="one job's status").add_argument("job_id")
@@ -164,6 +166,31 @@ def _tasks_cmd() -> int:
         t = get_task(n); print(f"{n:<12} models: {', '.join(t.model_types())}; template: {t.template or '-'}; {type(t).__doc__}")
     return 0
 
+# %% ../nbs/60_cli.ipynb #d4377f44
+def info() -> dict:
+    "The machine (`hardware.machine_info`), the job service's thread plan, the settings file, folders and tracking URI (credentials redacted)."
+    s, plan = get_settings(), plan_workers()
+    try: uri = redact(resolve_tracking_uri())
+    except FinsightError as e: uri = f"invalid: {redact(e)}"
+    return machine_info() | {"job_slots": plan["slots"], "torch_threads_per_job": plan["torch_threads"], "mixed_precision_setting": s.enable_mixed_precision,
+                             "settings_file": str(find_settings_file() or "-"), "data_source": s.data_loader_type,
+                             "data_root": str(s.path("data_root")), "runs_dir": str(s.path("runs_dir")), "tracking_uri": uri}
+
+def _info_cmd(as_json: bool = False) -> int:
+    "`finsight info`: one line per fact (or JSON)."
+    i = info()
+    if as_json: print(json.dumps(i, indent=1, default=str)); return 0
+    gpus = "; ".join(f"{g['index']}: {g['name']}, {g['memory_gib']} GiB, compute capability {g['capability']}" for g in i["gpus"]) or "none visible"
+    lines = {"CPU": f"{i['cpu']}, {i['cpu_capability']}; bf16 autocast {'pays' if i['cpu_bf16'] else 'does not pay'}: {i['cpu_bf16_why']}",
+             "cores": f"{i['cores']} usable ({i['physical_cores']} physical); jobs at once {i['job_slots']} x {i['torch_threads_per_job']} torch threads",
+             "memory": f"{i['memory_gib']} GiB", "GPUs": gpus, "device": i["device"],
+             "fast settings": f"mixed_precision=True, fast_dropout=True -> {i['fast_settings_plan']}",
+             "ENABLE_MIXED_PRECISION": str(i["mixed_precision_setting"]),
+             "versions": ", ".join(f"{k} {i[k] or '-'}" for k in ("python", "torch", "cuda", "transformers", "onnxruntime", "mlflow")),
+             "settings": i["settings_file"], "data": f"{i['data_root']} ({i['data_source']})", "runs": i["runs_dir"], "tracking": i["tracking_uri"]}
+    for k, v in lines.items(): print(f"{k:<22} {v}")
+    return 0
+
 # %% ../nbs/60_cli.ipynb #4bb588be
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `finsight` command."
@@ -181,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                             parameters=_kv(args.param, "--param"))
             return _print_batch(res)
         if args.cmd == "tasks": return _tasks_cmd()
+        if args.cmd == "info": return _info_cmd(args.json)
         if args.cmd == "jobs": return _jobs_cmd(args)
         if args.cmd == "data": return _data_cmd(args)
         if args.cmd == "tracking": return tracking_sync_main(args.experiments_dir, args.tracking_uri)

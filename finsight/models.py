@@ -73,7 +73,7 @@ class ModelConfig(CheckedModel):
     scheduler_factor: float = Field(0.5, gt=0.0, lt=1.0)  # ReduceLROnPlateau factor
     gradient_accumulation_steps: int = Field(1, ge=1, le=64)
     gradient_clip_norm: float | None = Field(1.0, gt=0.0)  # None: no clipping
-    mixed_precision: bool | None = None  # None: the settings' ENABLE_MIXED_PRECISION
+    mixed_precision: bool | Literal["force"] | None = None  # None: the settings' ENABLE_MIXED_PRECISION; True: where the hardware pays (finsight.hardware); "force": everywhere
     compile: bool = False  # torch.compile the module for training
     fast_dropout: bool = False  # CPU: dropout masks 4 per 64-bit random draw (p rounded to 1/65536), ~3x cheaper than bernoulli_
     seed: int = Field(42, ge=0, le=2**32 - 1)  # same seed, same initial weights
@@ -93,7 +93,7 @@ class ModelConfig(CheckedModel):
         return data
 
     @property
-    def use_mixed_precision(self) -> bool:
+    def use_mixed_precision(self) -> bool | str:
         "`mixed_precision`, or the settings' `enable_mixed_precision` when it is None."
         return get_settings().enable_mixed_precision if self.mixed_precision is None else self.mixed_precision
 
@@ -153,7 +153,7 @@ class ModelAdapter:
         "The adapter a checkpoint dict describes (each kind of adapter knows how to rebuild itself)."
         raise NotImplementedError(f"{cls.__name__} cannot restore itself from a checkpoint")
 
-# %% ../nbs/20_models.ipynb #812cfc68
+# %% ../nbs/20_models.ipynb #80c78d9b
 class BaseTimeSeriesAdapter(ModelAdapter):
     "A forecaster: `module` maps past_values (batch, context, channels) to the target's forecast (batch, horizon)."
     _train_model: Callable | None = None  # a subclass that trains itself: `_train_model(train, val, **fit_kwargs) -> TrainResult | None`

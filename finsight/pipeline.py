@@ -20,7 +20,7 @@ from .registry import register_run_model, registered_name, save_model_dir
 # %% auto #0
 __all__ = ['PLOTS', 'load_bars', 'save_plots', 'metrics_table', 'training_params', 'log_training_run']
 
-# %% ../nbs/42_pipeline.ipynb #4a4c4958
+# %% ../nbs/42_pipeline.ipynb #34f736f8
 def load_bars(symbol: str, timeframe="1d", data_source: str | None = None) -> tuple[pd.DataFrame, ValidationReport]:
     "The bars of `symbol` at `timeframe` from `data_source` (default: the settings'), validated strictly; (bars, report)."
     bars = get_data_loader(data_source or None).load(symbol, timeframe)
@@ -57,7 +57,7 @@ def training_params(outcome: TrainingOutcome) -> dict:
     p = {**m.config.to_dict(), "symbol": m.symbol, "timeframe": m.timeframe, "model_type": m.model_type,
          "n_channels": m.adapter.n_channels, "target_index": m.adapter.target_index, "n_parameters": m.adapter.num_parameters,
          "target.kind": m.target.kind, "target.mean": m.target.mean, "target.std": m.target.std, "precision": outcome.result.precision}
-    return p | {f"features.{k}": v for k, v in fe["config"].items()} | {"features.columns": fe["columns"], "features.warmup": fe["warmup"]}
+    return p | outcome.result.plan | {f"features.{k}": v for k, v in fe["config"].items()} | {"features.columns": fe["columns"], "features.warmup": fe["warmup"]}
 
 # %% ../nbs/42_pipeline.ipynb #24e8890d
 def _stage_training_files(outcome: TrainingOutcome, bars, export_dir, stage: Path, plots: dict[str, Path] | None = None) -> tuple[dict, dict]:

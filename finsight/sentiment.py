@@ -51,7 +51,7 @@ def plot_confusion_matrix(cm: np.ndarray, labels: list[str], title: str = "confu
     ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(title); fig.tight_layout()
     return fig
 
-# %% ../nbs/43_sentiment.ipynb #5eaea3fe
+# %% ../nbs/43_sentiment.ipynb #485e010a
 @dataclass
 class TrainedSentimentModel:
     "A trained sentiment classifier with its metrics and history."
@@ -74,7 +74,7 @@ def prediction_frame(texts: list[str], logits: np.ndarray, labels: list[str]) ->
     p = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1).numpy()
     return pd.DataFrame({"text": texts, "label": [labels[i] for i in p.argmax(1)], "confidence": p.max(1)} | {f"p_{l}": p[:, i] for i, l in enumerate(labels)})
 
-# %% ../nbs/43_sentiment.ipynb #acfdd69a
+# %% ../nbs/43_sentiment.ipynb #830e1a39
 @dataclass
 class SentimentOutcome:
     "What `train_sentiment` returns: the trained classifier, its metrics beside the majority class, and how training went."
@@ -275,7 +275,7 @@ def write_sentiment_run(outcome: SentimentOutcome, folder: str | Path, save_mode
     if save_model: out["model"] = outcome.model.save(folder / "model")
     return out
 
-# %% ../nbs/43_sentiment.ipynb #1980c17a
+# %% ../nbs/43_sentiment.ipynb #c55a08f8
 def sentiment_metrics_table(outcome: SentimentOutcome) -> pd.DataFrame:
     "Model against the majority class, per part: accuracy, macro F1, loss, examples."
     m = outcome.metrics
@@ -283,7 +283,7 @@ def sentiment_metrics_table(outcome: SentimentOutcome) -> pd.DataFrame:
                              "majority macro F1": m[f"{p}_majority_macro_f1"], "loss": m[f"{p}_loss"], "examples": m[f"{p}_examples"]}
                          for p in ("val", "test") if f"{p}_accuracy" in m}).T
 
-# %% ../nbs/43_sentiment.ipynb #9ccecd99
+# %% ../nbs/43_sentiment.ipynb #fb384ecd
 def _text_fingerprint(split: TextSplit) -> dict:
     "Rows per part and a sha256 of the texts and labels of a `TextSplit`."
     h = hashlib.sha256()
@@ -293,9 +293,9 @@ def _text_fingerprint(split: TextSplit) -> dict:
 def sentiment_params(outcome: SentimentOutcome) -> dict:
     "Every hyperparameter of a sentiment outcome, its data set, labels, model type and data fingerprint, flat."
     return {**outcome.config.to_dict(), "dataset": outcome.dataset, "labels": outcome.labels, "model_type": outcome.model_type,
-            "majority_label": outcome.majority_label} | {f"data.{k}": v for k, v in _text_fingerprint(outcome.split).items()}
+            "majority_label": outcome.majority_label, "precision": outcome.result.precision} | outcome.result.plan | {f"data.{k}": v for k, v in _text_fingerprint(outcome.split).items()}
 
-# %% ../nbs/43_sentiment.ipynb #c9c74640
+# %% ../nbs/43_sentiment.ipynb #cecc687d
 def log_sentiment_run(tracker: IExperimentTracker, outcome: SentimentOutcome, export_dir: str | Path | None = None,
                       tags: dict | None = None, run_name: str | None = None, run_id: str | None = None) -> str:
     "Record a sentiment run (parameters, metrics by epoch and final, environment, plots, model, export); the run id."

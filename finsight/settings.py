@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 # %% auto #0
 __all__ = ['FinsightError', 'ConfigError', 'secret_values', 'redact', 'describe', 'config_error', 'CheckedModel', 'Settings',
            'env_names', 'allowed_range', 'find_settings_file', 'load_settings', 'get_settings', 'atomic_path',
-           'atomic_write', 'write_json', 'resolve_device', 'release_device_memory', 'seed_everything']
+           'atomic_write', 'write_json', 'seed_everything']
 
 # %% ../nbs/00_settings.ipynb #23ff2ef9
 class FinsightError(Exception):
@@ -55,10 +55,12 @@ def describe(field) -> str:
     if typing.get_origin(ann) is dict: return "a mapping of names to numbers, text or true/false"
     if typing.get_origin(ann) is list: return "a list"
     inner = [a for a in args if a is not type(None)] or [ann]
+    lits = [v for a in inner if typing.get_origin(a) is Literal for v in typing.get_args(a)]   # `bool | Literal["force"]`: true, false or 'force'
+    inner = [a for a in inner if typing.get_origin(a) is not Literal] or inner
     kind = _KINDS.get(inner[0], getattr(inner[0], "__name__", str(inner[0])))
     b = {k: getattr(m, k) for m in field.metadata for k in _OPS if getattr(m, k, None) is not None}
     rng = f" between {b['ge']} and {b['le']}" if b.keys() == {"ge", "le"} else "".join(f"{' and' if i else ''} {_OPS[k]} {v}" for i, (k, v) in enumerate(b.items()))
-    return kind + rng + (" (or null)" if type(None) in args else "")
+    return kind + rng + "".join(f" or {v!r}" for v in lits) + (" (or null)" if type(None) in args else "")
 
 # %% ../nbs/00_settings.ipynb #0d9b8e51
 def config_error(e: ValidationError, cls: type[BaseModel], label: str | None = None, error: type[Exception] = ConfigError) -> Exception:
@@ -143,7 +145,7 @@ class Settings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra={"env": "FINSIGHT_DEVICE"})
     force_cpu: bool = Field(False, json_schema_extra={"env": "FORCE_CPU"})
     cuda_device_memory_fraction: float = Field(0.8, gt=0.0, le=1.0, json_schema_extra={"env": "CUDA_DEVICE_MEMORY_FRACTION"})
-    enable_mixed_precision: bool = Field(False, json_schema_extra={"env": "ENABLE_MIXED_PRECISION"})
+    enable_mixed_precision: bool | Literal["force"] = Field(False, json_schema_extra={"env": "ENABLE_MIXED_PRECISION"})   # force: bf16 even where it is slow (see finsight.hardware)
     mlflow_tracking_uri: str = Field("", json_schema_extra={"env": "MLFLOW_TRACKING_URI"})
     mlflow_experiment_name: str = Field("finsight", min_length=1, json_schema_extra={"env": "MLFLOW_EXPERIMENT_NAME"})
     data_loader_type: Literal["local", "cloud", "hybrid"] = Field("local", json_schema_extra={"env": "FINSIGHT_DATA_LOADER"})
@@ -237,21 +239,6 @@ def _jsonable(o):
 def write_json(path: str | Path, obj, fsync: bool = False) -> Path:
     "Write `obj` as indented JSON to `path` atomically; returns the path."
     return atomic_write(path, json.dumps(obj, indent=1, default=_jsonable, allow_nan=True) + "\n", fsync)
-
-# %% ../nbs/00_settings.ipynb #acf8329e
-def resolve_device(settings: Settings | None = None):
-    "The torch device the settings ask for, falling back to CPU when CUDA is absent."
-    import torch
-    s = settings or get_settings()
-    if s.force_cpu or s.device == "cpu" or not torch.cuda.is_available(): return torch.device("cpu")
-    dev = torch.device("cuda", torch.cuda.current_device())
-    torch.cuda.set_per_process_memory_fraction(s.cuda_device_memory_fraction, dev)
-    return dev
-
-def release_device_memory(device) -> None:
-    "Give cached GPU memory back to the driver (no-op on CPU)."
-    import torch
-    if getattr(device, "type", str(device)) == "cuda": torch.cuda.empty_cache()
 
 # %% ../nbs/00_settings.ipynb #61557aaf
 def seed_everything(seed: int) -> None:

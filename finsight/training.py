@@ -21,7 +21,8 @@ from torch import nn
 from fastcore.basics import patch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
-from .settings import ConfigError, FinsightError, atomic_path, get_settings, resolve_device, release_device_memory
+from .settings import ConfigError, FinsightError, atomic_path, get_settings
+from .hardware import plan_precision, release_device_memory, resolve_device
 from .data.sources import TimeFrame
 from .data.validation import validate_ohlcv
 from .data.splits import DataSplit
@@ -60,13 +61,10 @@ class TrainingProgressUpdate(BaseModel):
     learning_rate: float | None = None
 
 # %% ../nbs/31_training.ipynb #16dc7609
-def precision_plan(device: torch.device, enabled: bool) -> tuple[str, object, torch.amp.GradScaler]:
-    "(description, autocast context factory, grad scaler) for `device`."
-    if enabled and device.type == "cuda":
-        return "fp16+scaler", lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
-    if enabled and device.type == "cpu":
-        return "bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16), torch.amp.GradScaler("cpu", enabled=False)
-    return "fp32", nullcontext, torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cpu", enabled=False)
+def precision_plan(device: torch.device, enabled: bool | str) -> tuple[str, object, torch.amp.GradScaler]:
+    "(name, autocast context factory, grad scaler) of the plan `finsight.hardware.plan_precision` makes for `device`."
+    p = plan_precision(device, enabled)
+    return p.name, p.autocast(), p.grad_scaler()
 
 # %% ../nbs/31_training.ipynb #aca4c203
 class _MaskScale(torch.autograd.Function):
@@ -164,6 +162,7 @@ class TrainResult:
     train_windows_per_second: float
     precision: str
     checkpoint_dir: str | None = None
+    plan: dict = field(default_factory=dict)   # the precision plan's run parameters (`PrecisionPlan.params`)
 
 @dataclass
 class TrainState:
@@ -254,19 +253,20 @@ def fit(adapter: ModelAdapter, train, val=None, # window (or text) datasets
         resume_from: str | Path | None = None, # checkpoint file or folder to continue from
         job_id: str = "local", progress: bool = True, device: torch.device | None = None, keep: int = 3) -> TrainResult:
     "Train `adapter.module` on `train`, early-stopping on `val`; the best weights are restored at the end."
-    cfg, device = adapter.config, device or resolve_device()
+    cfg, device = adapter.config, resolve_device(device)
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed % 2**32); random.seed(cfg.seed)
     module, loss_fn = adapter.module.to(device), adapter.loss or F.mse_loss
     opt = make_optimizer(module, cfg, device)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience)
-    prec, autocast, scaler = precision_plan(device, cfg.use_mixed_precision)
+    plan = plan_precision(device, cfg.use_mixed_precision, cfg.fast_dropout, cfg.compile)
+    autocast, scaler = plan.autocast(), plan.grad_scaler()
     st = TrainState()
     if resume_from is not None: st = _resume(resume_from, adapter, opt, sched, scaler)
     elif checkpoint_dir and any(Path(checkpoint_dir).glob("epoch_*.pt")): _set_aside(Path(checkpoint_dir))
-    step_fn, cpu_eager = (torch.compile(module) if cfg.compile else module), device.type == "cpu" and not cfg.compile
+    step_fn, cpu_eager = (torch.compile(module) if plan.compile else module), device.type == "cpu" and not plan.compile
     t0, first = time.perf_counter(), st.epoch
     bar = tqdm(total=cfg.num_epochs, initial=st.epoch, desc=f"{adapter.name} {job_id}", disable=not progress, leave=True)
-    with cpu_fast_paths(module, dropout=cpu_eager and cfg.fast_dropout, softmax=cpu_eager):
+    with cpu_fast_paths(module, dropout=plan.fast_dropout, softmax=cpu_eager):
         for epoch in range(st.epoch + 1, cfg.num_epochs + 1):
             te = time.perf_counter()
             loss, steps = _epoch(step_fn, train, opt, scaler, autocast, cfg, device, torch.Generator().manual_seed(cfg.seed * 1000 + epoch), loss_fn)
@@ -285,7 +285,7 @@ def fit(adapter: ModelAdapter, train, val=None, # window (or text) datasets
     release_device_memory(device)
     secs = time.perf_counter() - t0
     return TrainResult(st.history, st.best_epoch, st.best_val_loss, len(st.history), stopped, secs, (st.epoch - first) * len(train) / secs if secs else 0.0,
-                       prec, str(checkpoint_dir) if checkpoint_dir else None)
+                       plan.name, str(checkpoint_dir) if checkpoint_dir else None, plan.params())
 
 # %% ../nbs/31_training.ipynb #f9438276
 def forecast_windows(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform, batch_size: int = 512) -> dict:
@@ -431,7 +431,7 @@ class TrainingOutcome:
     @property
     def config(self) -> ModelConfig: return self.model.config
 
-# %% ../nbs/31_training.ipynb #278630ba
+# %% ../nbs/31_training.ipynb #3b5d6910
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 class ModelTrainingFacade:

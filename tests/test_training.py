@@ -1,9 +1,11 @@
 """Models and trainer end to end: determinism, exact resume, faults, honest metrics, prediction."""
+import warnings
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from finsight.settings import ConfigError, load_settings, resolve_device
+from finsight.settings import ConfigError, load_settings
+from finsight.hardware import PrecisionWarning, cpu_bf16, plan_precision, resolve_device
 from finsight.data.sources import load_bundled, synthetic_ohlcv
 from finsight.data.windows import WindowError
 from finsight.features import BasicFeatureEngineering, FeatureError
@@ -151,7 +153,8 @@ def test_gradient_accumulation_mixed_precision_and_progress(sp, tmp_path):
     out = train(sp, tmp_path, num_epochs=2, gradient_accumulation_steps=2, mixed_precision=True, callbacks=[ups.append])
     n_batches = -(-len(out.model.windows.train) // TINY["batch_size"])
     assert out.history[0]["batches"] == -(-n_batches // 2)            # one optimizer step per two batches
-    assert out.result.precision == "bf16" and np.isfinite(out.metrics.val.mae)
+    assert out.result.precision == plan_precision("cpu", True, warn=False).name and np.isfinite(out.metrics.val.mae)   # bf16 where the CPU has bf16 instructions
+    assert out.result.plan["precision.asked.mixed_precision"] is True and out.result.plan["precision.dtype"] == out.result.precision
     assert [u.progress for u in ups] == [0.5, 1.0] and ups[0].eta_seconds >= 0 and ups[-1].status == TrainingJobStatus.COMPLETED
 
 
@@ -164,7 +167,16 @@ def test_early_stopping_restores_best_weights(sp, tmp_path):
 
 
 def test_force_cpu(monkeypatch):
-    assert resolve_device(load_settings(env={"FORCE_CPU": "true", "FINSIGHT_DEVICE": "cuda"})).type == "cpu"
+    assert resolve_device(settings=load_settings(env={"FORCE_CPU": "true", "FINSIGHT_DEVICE": "cuda"})).type == "cpu"
+
+
+def test_forced_bf16_trains_on_any_cpu_and_warns_where_it_is_slow(sp, tmp_path):
+    native, _ = cpu_bf16()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = train(sp, tmp_path, num_epochs=1, mixed_precision="force")
+    assert out.result.precision == "bf16" and np.isfinite(out.metrics.val.mae)
+    assert any(issubclass(x.category, PrecisionWarning) for x in w) == (not native)
 
 
 def test_predict_from_saved_model_through_cache(sp, tmp_path):
