@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
+from .settings import ConfigError
 
 # %% auto #0
-__all__ = ['forecast_errors', 'naive_forecast', 'ForecastMetrics', 'compare_to_naive', 'errors_by_step', 'confusion_matrix',
-           'classification_metrics', 'majority_class']
+__all__ = ['forecast_errors', 'naive_forecast', 'naive_scale', 'directional_accuracy', 'always_up_rate', 'ForecastMetrics',
+           'compare_to_naive', 'errors_by_step', 'confusion_matrix', 'classification_metrics', 'majority_class']
 
 # %% ../nbs/30_metrics.ipynb #702c25a3
 def forecast_errors(actual: np.ndarray, pred: np.ndarray) -> dict:
@@ -28,35 +29,70 @@ def naive_forecast(last_value: np.ndarray, horizon: int) -> np.ndarray:
     "The last-value forecast: every future step equals the last value seen."
     return np.repeat(np.asarray(last_value, "float64")[:, None], horizon, axis=1)
 
+# %% ../nbs/30_metrics.ipynb #140aee59
+def naive_scale(train_close: np.ndarray) -> float:
+    "MASE's scale: the mean absolute one-step change (the in-sample naive MAE) of the training closes."
+    c = np.asarray(train_close, "float64"); d = np.abs(np.diff(c)); d = d[np.isfinite(d)]
+    return float(d.mean()) if len(d) else float("nan")
+
+# %% ../nbs/30_metrics.ipynb #59cd16cc
+def _nonzero_moves(actual_change, forecast_change=None):
+    "Boolean mask of origins whose actual change is known and not 0 (and whose forecast change is known)."
+    a = np.asarray(actual_change, "float64"); f = a if forecast_change is None else np.asarray(forecast_change, "float64")
+    if a.shape != f.shape: raise ConfigError(f"actual_change {a.shape} and forecast_change {f.shape} must have the same shape")
+    return a, f, (a != 0) & ~np.isnan(a) & ~np.isnan(f)
+
+def directional_accuracy(actual_change, # actual changes, one per origin
+                         forecast_change, # forecast changes at the same origins
+                        ) -> float:
+    "Share of origins with a nonzero actual change where the forecast change has the same sign (nan if there are none)."
+    a, f, ok = _nonzero_moves(actual_change, forecast_change)
+    return float(np.mean(np.sign(f[ok]) == np.sign(a[ok]))) if ok.any() else float("nan")
+
+def always_up_rate(actual_change, # actual changes, one per origin
+                  ) -> float:
+    "Share of nonzero actual changes that are positive: the directional accuracy of always forecasting a rise."
+    a, _, ok = _nonzero_moves(actual_change)
+    return float(np.mean(a[ok] > 0)) if ok.any() else float("nan")
+
 # %% ../nbs/30_metrics.ipynb #c7eaa325
 @dataclass
 class ForecastMetrics:
     "A model's errors on a set of windows beside the naive forecast's on the same windows, and their ratios."
     mae: float; mse: float; rmse: float; mape: float
     naive_mae: float; naive_mse: float; naive_rmse: float; naive_mape: float
-    mase: float  # model MAE / naive MAE on the same windows (below 1: better than naive)
+    rel_mae: float  # model MAE / naive MAE on the same windows (below 1: better than naive)
+    mase: float  # Hyndman's MASE: model MAE / in-sample one-step naive MAE of the training part (NaN without a scale)
     skill: float  # 1 - model MSE / naive MSE (above 0: better than naive)
+    dir_acc: float  # share of windows whose first step went the way the model said
+    up_rate: float  # share of the same windows that went up (what always saying "up" scores)
     windows: int
 
     def to_dict(self, prefix: str = "") -> dict:
         "The fields as a flat dict, keys prefixed with `prefix` (`val_mae`, ...): what trackers and leaderboards keep."
         return {f"{prefix}{k}": v for k, v in asdict(self).items()}
 
-def compare_to_naive(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray) -> ForecastMetrics:
-    "Model metrics, naive metrics on the same windows, MASE and skill."
-    a = np.asarray(actual, "float64")
-    model, naive = forecast_errors(a, pred), forecast_errors(a, naive_forecast(last_value, a.shape[1]))
-    return ForecastMetrics(**model, **{f"naive_{k}": v for k, v in naive.items()},
-                           mase=model["mae"] / naive["mae"] if naive["mae"] > 0 else float("nan"),
-                           skill=1 - model["mse"] / naive["mse"] if naive["mse"] > 0 else float("nan"), windows=int(a.shape[0]))
+def _ratio(a: float, b: float) -> float: return a / b if b > 0 else float("nan")
+
+def compare_to_naive(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray,
+                     scale: float | None = None, # MASE's scale, `naive_scale` of the training closes
+                    ) -> ForecastMetrics:
+    "Model metrics, naive metrics on the same windows, rel_mae, MASE, skill and direction."
+    a, p, last = np.asarray(actual, "float64"), np.asarray(pred, "float64"), np.asarray(last_value, "float64")
+    model, naive = forecast_errors(a, p), forecast_errors(a, naive_forecast(last, a.shape[1]))
+    up = a[:, 0] - last
+    return ForecastMetrics(**model, **{f"naive_{k}": v for k, v in naive.items()}, rel_mae=_ratio(model["mae"], naive["mae"]),
+                           mase=_ratio(model["mae"], scale) if scale is not None else float("nan"),
+                           skill=1 - _ratio(model["mse"], naive["mse"]), dir_acc=directional_accuracy(up, p[:, 0] - last),
+                           up_rate=always_up_rate(up), windows=int(a.shape[0]))
 
 # %% ../nbs/30_metrics.ipynb #46cfed2d
 def errors_by_step(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray) -> pd.DataFrame:
-    "MAE of model and naive forecast, and MASE, for each forecast step."
+    "MAE of model and naive forecast, and their ratio (rel_mae), for each forecast step."
     a, p = np.asarray(actual, "float64"), np.asarray(pred, "float64")
     n = naive_forecast(last_value, a.shape[1])
     mae, nmae = np.abs(p - a).mean(0), np.abs(n - a).mean(0)
-    return pd.DataFrame({"mae": mae, "naive_mae": nmae, "mase": mae / np.where(nmae > 0, nmae, np.nan)}, index=pd.RangeIndex(1, a.shape[1] + 1, name="step"))
+    return pd.DataFrame({"mae": mae, "naive_mae": nmae, "rel_mae": mae / np.where(nmae > 0, nmae, np.nan)}, index=pd.RangeIndex(1, a.shape[1] + 1, name="step"))
 
 # %% ../nbs/30_metrics.ipynb #5d6e7f0f
 def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:

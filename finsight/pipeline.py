@@ -44,9 +44,10 @@ def save_plots(outcome: TrainingOutcome, folder: str | Path) -> dict[str, Path]:
 
 # %% ../nbs/42_pipeline.ipynb #cd14e12d
 def metrics_table(outcome: TrainingOutcome) -> pd.DataFrame:
-    "Model against naive forecast, per part: MAE, RMSE, MAPE, MASE, skill, windows."
+    "Model against naive forecast, per part: MAE, RMSE, MAPE, rel_mae, MASE, skill, direction, windows."
     rows = {part: {"model MAE": m.mae, "naive MAE": m.naive_mae, "model RMSE": m.rmse, "naive RMSE": m.naive_rmse, "model MAPE %": m.mape,
-                   "naive MAPE %": m.naive_mape, "MASE": m.mase, "skill": m.skill, "windows": m.windows}
+                   "naive MAPE %": m.naive_mape, "rel_mae": m.rel_mae, "MASE": m.mase, "skill": m.skill,
+                   "direction acc": m.dir_acc, "always-up acc": m.up_rate, "windows": m.windows}
             for part, m in (("val", outcome.metrics.val), ("test", outcome.metrics.test)) if m is not None}
     return pd.DataFrame(rows).T
 

@@ -74,7 +74,7 @@ class JobSummary:
     data: dict = field(default_factory=dict)  # a fingerprint of what it trained on
 
     def to_dict(self) -> dict:
-        "Flat JSON: the fields, with the metrics at the top level (`val_mase`, ...)."
+        "Flat JSON: the fields, with the metrics at the top level (`val_rel_mae`, ...)."
         d = asdict(self); return {**{k: v for k, v in d.items() if k != "metrics"}, **d["metrics"]}
 
 # %% ../nbs/45_tasks.ipynb #7025c3ea
@@ -264,9 +264,10 @@ class ForecastParams(JobParams):
 class ForecastTask(Task):
     "Train a forecaster on a symbol's bars; metrics beside the naive forecast, plots, checked exports, an MLflow run with the model registered."
     name, params_model, config_model, template, uses_timeframe = "forecast", ForecastParams, ModelConfig, "train.ipynb", True
-    leaderboard_columns = ("val_mae", "val_naive_mae", "val_mase", "val_skill", "test_mase", "test_skill", "epochs")
-    sort_by, plots = (("val_mase", True),), PLOTS
-    leaderboard_note = "MASE: model MAE / naive (last value) MAE on the same windows (below 1: better than naive); skill: 1 - MSE / naive MSE (above 0: better)."
+    leaderboard_columns = ("val_mae", "val_naive_mae", "val_rel_mae", "val_mase", "val_skill", "val_dir_acc", "val_up_rate", "test_rel_mae", "test_mase", "test_skill", "epochs")
+    sort_by, plots = (("val_rel_mae", True),), PLOTS
+    leaderboard_note = ("rel_mae: model MAE / naive (last value) MAE on the same windows (below 1: better than naive); MASE: model MAE / the training part's "
+                        "mean one-step change (Hyndman); skill: 1 - MSE / naive MSE (above 0: better); dir_acc: share of first steps in the right direction, beside up_rate, what always saying 'up' scores.")
 
     def model_types(self) -> list[str]: return ModelFactory.available()
 

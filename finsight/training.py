@@ -29,7 +29,7 @@ from .data.splits import DataSplit
 from .data.windows import TargetTransform, WindowDataset, Windows, make_windows
 from .features import BasicFeatureEngineering, cut_at
 from .models import BaseTimeSeriesAdapter, ModelAdapter, ModelConfig, ModelError, ModelFactory, ModelType
-from .metrics import ForecastMetrics, compare_to_naive, naive_forecast
+from .metrics import ForecastMetrics, compare_to_naive, naive_forecast, naive_scale
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'TrainingError', 'CheckpointError', 'TrainingJobStatus', 'TrainingProgressUpdate', 'precision_plan',
@@ -294,10 +294,12 @@ def forecast_windows(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: 
     pred = np.concatenate([adapter.predict(x, batch_size=batch_size) for x, _ in ds.batches(batch_size)]) if len(ds) else np.zeros((0, ds.h))
     return {**info, "pred": target.decode(pred, info["last_close"]), "naive": naive_forecast(info["last_close"], ds.h)}
 
-def evaluate(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform) -> ForecastMetrics:
-    "MAE, MSE, RMSE, MAPE of the model and of the naive forecast on the same windows, MASE and skill."
+def evaluate(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform,
+             scale: float | None = None, # MASE's scale: `naive_scale` of the training closes
+            ) -> ForecastMetrics:
+    "MAE, MSE, RMSE, MAPE of the model and of the naive forecast on the same windows, rel_mae, MASE, skill and direction."
     f = forecast_windows(adapter, ds, target)
-    return compare_to_naive(f["future_close"], f["pred"], f["last_close"])
+    return compare_to_naive(f["future_close"], f["pred"], f["last_close"], scale)
 
 # %% ../nbs/31_training.ipynb #34bf2d30
 @dataclass
@@ -408,7 +410,7 @@ class TrainingMetrics:
     train_windows_per_second: float
 
     def to_dict(self) -> dict:
-        "Flat `val_mae`, `test_mase`, ... keys: what trackers, summaries and leaderboards keep."
+        "Flat `val_mae`, `test_rel_mae`, ... keys: what trackers, summaries and leaderboards keep."
         parts = self.val.to_dict("val_") | (self.test.to_dict("test_") if self.test else {})
         return parts | {k: getattr(self, k) for k in ("best_epoch", "epochs", "train_seconds", "train_windows_per_second")}
 
@@ -472,7 +474,8 @@ def train_model_sync(self: ModelTrainingFacade, symbol: str, timeframe, model_ty
     res = adapter._train_model(win.train, win.val, **kw) if adapter._train_model else fit(adapter, win.train, win.val, **kw)
     if res is None: res = TrainResult([], 0, float("nan"), 0, False, time.perf_counter() - t0, len(win.train) / max(time.perf_counter() - t0, 1e-9), "own training")
     adapter.to("cpu")
-    val, test = evaluate(adapter, win.val, win.target), (evaluate(adapter, win.test, win.target) if win.test is not None else None)
+    scale = naive_scale(win.train.close)
+    val, test = evaluate(adapter, win.val, win.target, scale), (evaluate(adapter, win.test, win.target, scale) if win.test is not None else None)
     metrics = TrainingMetrics(val, test, res.best_epoch, res.epochs_run, res.seconds, res.train_windows_per_second)
     model = TrainedModel(adapter, fe, win.target, symbol, tf.value, metrics.to_dict(), res.history, win)
     return TrainingOutcome(run_id, model, metrics, res, res.checkpoint_dir)

@@ -27,16 +27,16 @@ def test_batch_runs_jobs_in_parallel_into_one_mlflow_store(batch):
     folder = next((tmp / "runs").glob("batch-*"))
     board = pd.read_csv(folder / "leaderboard.csv")
     assert sorted(board.symbol) == ["NASDAQ", "SP500"] and (board.status == "completed").all()
-    assert board.val_mase.notna().all() and board.val_naive_mae.gt(0).all()           # every model beside naive
+    assert board.val_rel_mae.notna().all() and board.val_naive_mae.gt(0).all()           # every model beside naive
     client = mlflow.MlflowClient(f"sqlite:///{tmp / 'runs' / 'mlflow.db'}")
     runs = {r: client.get_run(r) for r in board.mlflow_run_id}
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs.values())  # both concurrent jobs kept their runs
     for rid, run in runs.items():
-        assert run.data.metrics["val_mase"] == pytest.approx(board.set_index("mlflow_run_id").loc[rid, "val_mase"])
+        assert run.data.metrics["val_rel_mae"] == pytest.approx(board.set_index("mlflow_run_id").loc[rid, "val_rel_mae"])
         arts = [a.path for a in client.list_artifacts(rid)]
         assert "notebook" in arts and "exports" in arts                                    # executed notebook and exports logged
     html = (folder / "leaderboard.html").read_text()
-    assert html.count("data:image/png;base64") == 6 and "MASE" in html          # curves, validation and test forecasts per job
+    assert html.count("data:image/png;base64") == 6 and "rel_mae" in html          # curves, validation and test forecasts per job
     for nb in board.notebook: assert Path(nb).exists() and Path(nb).parent == folder
 
 

@@ -32,7 +32,7 @@ def runs(tmp_path, monkeypatch):
 def test_cli_runs_the_sentiment_template_as_a_tracked_job(tmp_path):
     out = cli(tmp_path, "run", "financial_sentences", "--task", "sentiment", "--set", *TINY, "--param", "export=false")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert "test_accuracy" in out.stdout and "test_majority_accuracy" in out.stdout and "val_mase" not in out.stdout   # its leaderboard
+    assert "test_accuracy" in out.stdout and "test_majority_accuracy" in out.stdout and "val_rel_mae" not in out.stdout   # its leaderboard
     folder = next((tmp_path / "runs").glob("batch-*"))
     [row] = pd.read_csv(folder / "leaderboard.csv").to_dict("records")
     assert (row["task"], row["model_type"], row["status"]) == ("sentiment", "text_classifier", "completed")

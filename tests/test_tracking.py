@@ -2,7 +2,7 @@
 
 Covers a whole training run (parameters, per-epoch metrics with steps, final metrics beside the naive forecast, data
 fingerprint, git, versions, plots, config, model, exports) in the server, the embedded store and the JSON tracker;
-run statuses; the registry (register, promote the best validation MASE, load by alias, identical predictions);
+run statuses; the registry (register, promote the best validation rel_mae, load by alias, identical predictions);
 an unreachable server (fallback with a warning, then `sync_to_mlflow` replays the run, once); a server that dies
 mid-run; malformed URIs; two processes creating and writing one sqlite store at once; secrets kept out of runs;
 the JSON tracker where MLflow is not importable; the async twins and the sync command.
@@ -126,7 +126,7 @@ def test_training_run_is_recorded(kind, server, tmp_path, template_db, result, e
     # per-epoch metrics with their epoch as step; final metrics beside the naive forecast
     for key, rec in (("loss", "loss"), ("val_loss", "val_loss"), ("learning_rate", "learning_rate"), ("epoch_seconds", "seconds")):
         assert tracker.metric_history(rid, key) == [(h["epoch"], pytest.approx(h[rec])) for h in result.history]
-    for k in ("val_mae", "val_naive_mae", "val_mase", "val_skill", "test_mase", "test_naive_rmse", "best_epoch"):
+    for k in ("val_mae", "val_naive_mae", "val_rel_mae", "val_mase", "val_skill", "test_rel_mae", "test_mase", "test_naive_rmse", "best_epoch"):
         assert r["metrics"][k] == pytest.approx(result.metrics.to_dict()[k], rel=1e-12), k
     # environment: seed, git commit and dirty flag, versions
     import torch, transformers, finsight
@@ -189,19 +189,19 @@ def test_async_twins(server, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- registry
-def test_registry_promotes_best_val_mase_and_loads_by_alias(server, tmp_path, sp):
+def test_registry_promotes_best_val_rel_mae_and_loads_by_alias(server, tmp_path, sp):
     tracker = MLflowExperimentTracker(server.uri, experiment_name="registry", fallback_dir=tmp_path)
     good, bad = _train(sp, seed=1, run_id="good"), _train(sp, seed=2, lr=0.05, epochs=1, run_id="bad")
     good, bad = (dataclasses.replace(r, model=dataclasses.replace(r.model, symbol="REGTEST")) for r in (good, bad))
-    assert good.metrics.val.mase != bad.metrics.val.mase
+    assert good.metrics.val.rel_mae != bad.metrics.val.rel_mae
     ids = {n: log_training_run(tracker, r, run_name=n) for n, r in (("good", good), ("bad", bad))}
     name = registered_name("REGTEST", "1d", "dlinear")
-    best_key = min(ids, key=lambda n: {"good": good, "bad": bad}[n].metrics.val.mase)
+    best_key = min(ids, key=lambda n: {"good": good, "bad": bad}[n].metrics.val.rel_mae)
     best = promote_best("REGTEST", "1d", "dlinear", tracker=tracker)
     assert (best["name"], best["alias"], best["run_id"], best["candidates"]) == (name, "champion", ids[best_key], 2)
-    assert best["val_mase"] == pytest.approx({"good": good, "bad": bad}[best_key].metrics.val.mase)
+    assert best["val_rel_mae"] == pytest.approx({"good": good, "bad": bad}[best_key].metrics.val.rel_mae)
     mv = tracker.client.get_model_version_by_alias(name, "champion")
-    assert mv.run_id == ids[best_key] and float(mv.tags["val_mase"]) == pytest.approx(best["val_mase"])
+    assert mv.run_id == ids[best_key] and float(mv.tags["val_rel_mae"]) == pytest.approx(best["val_rel_mae"])
     model = load_model_by_alias(name, tracker=tracker)
     original = {"good": good, "bad": bad}[best_key].model
     assert np.array_equal(predict(model, sp).to_numpy(), predict(original, sp).to_numpy())
@@ -236,7 +236,7 @@ def test_unreachable_server_falls_back_and_sync_replays_once(server, tmp_path, r
     mine = lambda tags: {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
     assert mine(r["tags"]) == mine(local["tags"]) | {"finsight.local_run_id": lid, "finsight.sync_complete": "true"}
     assert r["tags"]["mlflow.source.git.commit"] == local["tags"]["mlflow.source.git.commit"]
-    for key in ("loss", "val_loss", "learning_rate", "epoch_seconds", "val_mase"):
+    for key in ("loss", "val_loss", "learning_rate", "epoch_seconds", "val_rel_mae"):
         assert ml.metric_history(rid, key) == tracker.metric_history(lid, key), key
     assert ml.list_artifacts(rid) == tracker.list_artifacts(lid)
     assert json.loads((Path(local["path"]) / "run.json").read_text())["synced"]["mlflow_run_id"] == rid
@@ -421,7 +421,7 @@ def test_json_tracker_needs_no_mlflow_and_syncs_later(server, tmp_path):
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["kind"] == "SimpleExperimentTracker" and "mlflow is not installed" in out["warning"] and not out["mlflow_loaded"]
     assert "model/artifacts/trained_model.pt" in out["artifacts"] and "model/MLmodel" not in out["artifacts"] and "plots/training_curve.png" in out["artifacts"]
-    assert out["run"]["pending_sync"] and out["run"]["status"] == "finished" and out["run"]["metrics"]["val_mase"] > 0
+    assert out["run"]["pending_sync"] and out["run"]["status"] == "finished" and out["run"]["metrics"]["val_rel_mae"] > 0
     rows = sync_to_mlflow(tmp_path / "experiments", server.uri)   # later, on a machine with MLflow
     assert rows[0]["action"] == "synced" and rows[0]["registered_version"]
     tracker = MLflowExperimentTracker(server.uri, fallback=False)

@@ -42,10 +42,12 @@ def test_metrics_stand_beside_naive_on_the_same_windows(sp, tmp_path):
     out = train(sp, tmp_path)
     m, model = out.metrics.to_dict(), out.model
     for part in ("val", "test"):
-        assert {f"{part}_{k}" for k in ("mae", "mse", "rmse", "mape", "naive_mae", "naive_mse", "mase", "skill")} <= set(m)
+        assert {f"{part}_{k}" for k in ("mae", "mse", "rmse", "mape", "naive_mae", "naive_mse", "rel_mae", "mase", "skill", "dir_acc", "up_rate")} <= set(m)
         f = forecast_windows(model.adapter, getattr(model.windows, part), model.target)
         naive_mae = np.abs(f["future_close"] - f["last_close"][:, None]).mean()
-        assert m[f"{part}_naive_mae"] == pytest.approx(naive_mae) and m[f"{part}_mase"] == pytest.approx(m[f"{part}_mae"] / naive_mae)
+        assert m[f"{part}_naive_mae"] == pytest.approx(naive_mae) and m[f"{part}_rel_mae"] == pytest.approx(m[f"{part}_mae"] / naive_mae)
+        scale = np.abs(np.diff(model.windows.train.close)).mean()          # Hyndman: the training part's one-step naive MAE
+        assert m[f"{part}_mase"] == pytest.approx(m[f"{part}_mae"] / scale) and m[f"{part}_mase"] != pytest.approx(m[f"{part}_rel_mae"])
     assert m["test_windows"] == len(sp[2]) - TINY["prediction_length"] + 1   # the test part's first bar is a target too
     assert 0 < m["val_naive_mae"] < 200      # price units (index points), not scaled units
 
