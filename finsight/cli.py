@@ -89,7 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-concurrent", type=int, default=2)
     _job_args(sub.add_parser("train", help="run one job in this process"))
     _job_args(sub.add_parser("run", help="run one job as a papermill job (executed notebook under runs/)"))
-    _job_args(sub.add_parser("batch", help="the cross product of symbols x timeframes x models as papermill jobs"), many=True)
+    bp = sub.add_parser("batch", help="the cross product of symbols x timeframes x models as papermill jobs"); _job_args(bp, many=True)
+    bp.add_argument("--backtest", action="store_true", help="backtest every combination (the backtest task) instead of training it once")
+    bt = sub.add_parser("backtest", help="a rolling-origin backtest of one model in this process: beside naive, drift, seasonal naive, AR, with p-values")
+    _job_args(bt); bt.set_defaults(task="backtest")
+    bt.add_argument("--folds", type=int, default=8); bt.add_argument("--mode", choices=["expanding", "sliding"], default="expanding")
+    bt.add_argument("--embargo", type=int, default=0, help="bars left out between each fold's training part and its test block")
+    bt.add_argument("--refit-every", type=int, default=1, help="refit every k folds (default: every fold)"); bt.add_argument("--warm-start", action="store_true")
     sub.add_parser("tasks", help="the registered tasks, their models and templates")
     sub.add_parser("info", help="the machine as the workbench sees it: CPU, GPUs, threads, versions, precision plan, folders").add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="the job store").add_subparsers(dest="jobs_cmd", required=True)
@@ -157,6 +163,7 @@ def _train(args) -> dict:
     "`finsight train`: one job of the task `--task` in this process; its summary."
     task = get_task(args.task); fields = task.params_model.model_fields
     given = {"timeframe": args.timeframe, "data_source": args.source} if "timeframe" in fields else {}
+    given |= {k: getattr(args, k) for k in ("folds", "mode", "embargo", "refit_every", "warm_start") if hasattr(args, k)}
     s = task.run(symbol=args.symbol, model_type=args.model, config=_kv(args.set), **{k: v for k, v in given.items() if v is not None and k in fields}, **_kv(args.param, "--param"))
     return s.to_dict()
 
@@ -197,13 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "main": return _print_batch(main_job(max_concurrent=args.max_concurrent))
-        if args.cmd == "train":
+        if args.cmd in ("train", "backtest"):
             s = _train(args)
             print(json.dumps({k: v for k, v in s.items() if k not in ("config", "data")}, indent=1, default=str)); return 0
         if args.cmd in ("run", "batch"):
             many = args.cmd == "batch"
             res = run_batch(args.symbols if many else [args.symbol], args.timeframes if many else [args.timeframe], args.models if many else [args.model],
-                            max_concurrent=getattr(args, "max_concurrent", None), config=_kv(args.set), task=args.task, data_source=args.source,
+                            max_concurrent=getattr(args, "max_concurrent", None), config=_kv(args.set), task="backtest" if getattr(args, "backtest", False) else args.task, data_source=args.source,
                             scheduler_address=getattr(args, "scheduler", None), max_retries=getattr(args, "retries", 1), priority=getattr(args, "priority", 0),
                             parameters=_kv(args.param, "--param"))
             return _print_batch(res)

@@ -25,11 +25,12 @@ from .training import ModelTrainingFacade
 from .export import ExportResult, export_model, parse_formats
 from .tracking import IExperimentTracker, check_tracking_uri, get_tracker
 from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_plots
+from .backtest import Backtest, backtest, plot_backtest
 from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_table, train_sentiment, write_sentiment_run
 
 # %% auto #0
 __all__ = ['TASKS', 'JobParams', 'JobSummary', 'TaskError', 'Task', 'register_task', 'get_task', 'available_tasks',
-           'ForecastParams', 'ForecastTask', 'SentimentParams', 'SentimentTask']
+           'ForecastParams', 'ForecastTask', 'BacktestParams', 'BacktestTask', 'SentimentParams', 'SentimentTask']
 
 # %% ../nbs/45_tasks.ipynb #f8ea8604
 class JobParams(CheckedModel):
@@ -316,6 +317,75 @@ def summarize(self: ForecastTask, p: ForecastParams, outcome, seconds: float, ru
     return s
 
 register_task(ForecastTask)
+
+# %% ../nbs/45_tasks.ipynb #97f5eea7
+class BacktestParams(ForecastParams):
+    "Parameters of one backtest job (the `parameters` cell of `nbs/templates/backtest.ipynb`)."
+    export_formats: list[str] = []  # a backtest exports nothing by default
+    folds: int = Field(8, ge=1, le=500)  # walk-forward folds
+    mode: Literal["expanding", "sliding"] = "expanding"
+    embargo: int = Field(0, ge=0)  # bars left out between each fold's training part and its test block
+    refit_every: int = Field(1, ge=1)  # refit the model every k folds (the folds between reuse it)
+    warm_start: bool = False  # start each refit from the previous fold's weights
+    test_size: int | None = Field(None, ge=1)  # bars per test block (None: a fair share)
+    train_size: int | None = Field(None, ge=1)  # sliding: bars of training data per fold
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)  # the tail of each fold's training part that early-stops it
+    level: float = Field(0.95, gt=0.5, lt=1)  # confidence level of the intervals and the tests
+    bootstrap_reps: int = Field(1000, ge=10, le=100_000)
+
+class BacktestTask(ForecastTask):
+    "A rolling-origin backtest of a forecaster beside naive, drift, seasonal naive and AR baselines, with intervals and Diebold–Mariano tests."
+    name, params_model, template = "backtest", BacktestParams, "backtest.ipynb"
+    leaderboard_columns = ("rel_mae", "rel_mae_low", "rel_mae_high", "mase", "mase_low", "mase_high", "dm_p_naive", "beats_naive", "dir_acc", "up_rate",
+                           "best_baseline", "best_baseline_rel_mae", "p_vs_best_baseline", "origins", "folds")
+    sort_by, plots = (("rel_mae", True),), ("backtest_forecast", "backtest_folds")
+    leaderboard_note = ("Backtest over every origin of the folds' test blocks. rel_mae: model MAE / naive MAE with its 95% block-bootstrap interval; MASE: MAE / "
+                        "each fold's in-sample one-step naive MAE; dm_p_naive: one-sided Diebold-Mariano (HLN) p-value that the model beats naive (beats_naive = 1 at 5%); "
+                        "best_baseline: the strongest of drift, seasonal naive and AR, with the model's p-value against it.")
+    def job_name(self, p: BacktestParams) -> str: return f"{p.symbol}_{p.timeframe}_{p.model_type}_backtest"
+
+# %% ../nbs/45_tasks.ipynb #9be3b3e1
+@patch
+def train(self: BacktestTask, p: BacktestParams, bars: pd.DataFrame, callbacks=(), progress: bool = True) -> Backtest:
+    "Backtest the job's model on the bars (every fold fitted on its own past)."
+    return backtest(bars, p.model_type, self.config(p), p.folds, p.mode, p.embargo, p.refit_every, p.warm_start, p.test_size, p.train_size, p.val_fraction,
+                    timeframe=p.timeframe, symbol=p.symbol, device=_device(p), callbacks=callbacks, progress=progress, level=p.level, reps=p.bootstrap_reps)
+
+@patch
+def metrics_of(self: BacktestTask, outcome: Backtest) -> dict: return outcome.metrics()
+@patch
+def metrics_table(self: BacktestTask, outcome: Backtest) -> pd.DataFrame: return outcome.summary()
+@patch
+def save_outputs(self: BacktestTask, p: BacktestParams, outcome: Backtest, folder: Path) -> dict[str, Path]:
+    "The forecasts (Parquet), the report tables and the plots in the job folder; the plots' paths."
+    import matplotlib.pyplot as plt
+    outcome.save(folder); paths = {}
+    for k, fig in plot_backtest(outcome).items(): fig.savefig(paths.setdefault(k, folder / f"{k}.png"), dpi=80); plt.close(fig)
+    return paths
+
+# %% ../nbs/45_tasks.ipynb #715cdc30
+@patch
+def record(self: BacktestTask, p: BacktestParams, outcome: Backtest, bars=None, exported=None) -> str | None:
+    "One parent run (parameters, metrics, forecasts, report, plots) and a child run per fold."
+    if not p.track: return None
+    tracker, folder, m = self.tracker(p), self.output_folder(p), outcome.metrics()
+    tags = self.tags(p) | {"finsight.kind": "backtest", "finsight.symbol": p.symbol, "finsight.timeframe": p.timeframe, "finsight.model_type": p.model_type,
+                           "finsight.best_baseline": m["best_baseline"]} | ({"finsight.data_hash": data_fingerprint(bars, p.symbol, p.timeframe)["hash"]} if bars is not None else {})
+    with tracker.run(self.job_name(p), tags) as rid:
+        tracker.log_params_sync(p.to_dict() | self.config(p).to_dict() | {"season": outcome.info.get("season")})
+        tracker.log_metrics_sync({k: v for k, v in m.items() if isinstance(v, (int, float))})
+        for f in sorted(folder.glob("backtest*")) + [folder / "forecasts.parquet"]: tracker.log_artifact_sync(f, None, rid)
+        for _, row in outcome.by_fold().iterrows():
+            with tracker.run(f"{self.job_name(p)} fold {row['fold']}", tags | {"finsight.kind": "backtest_fold"}, nested=True):
+                tracker.log_params_sync({k: str(row[k]) for k in ("fold", "train_start", "train_end", "test_start", "test_end", "refit", "ar_order")})
+                tracker.log_metrics_sync({k: float(row[k]) for k in row.index if k.endswith("_rel_mae") or k in ("origins", "epochs", "train_seconds")})
+    return rid
+
+@patch
+def summarize(self: BacktestTask, p: BacktestParams, outcome: Backtest, seconds: float, run_id=None, exported=None, bars=None) -> JobSummary:
+    return ForecastTask.summarize(self, p, outcome, seconds, run_id, None, bars)
+
+register_task(BacktestTask)
 
 # %% ../nbs/45_tasks.ipynb #f3b4910f
 class SentimentParams(JobParams):

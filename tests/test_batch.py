@@ -61,3 +61,20 @@ def test_bad_batch_is_refused_before_anything_starts(tmp_path, args, says):
     out = cli(tmp_path, "batch", *args)
     assert out.returncode == 2 and says in out.stderr
     assert not list((tmp_path / "runs").glob("batch-*")) and not (tmp_path / "x").exists()
+
+
+def test_batch_backtest_gives_a_leaderboard_of_backtests(tmp_path):
+    "`finsight batch --backtest`: papermill backtest jobs, a leaderboard with intervals and p-values, a parent run with a child per fold."
+    out = cli(tmp_path, "batch", "--symbols", "SP500", "--models", "dlinear", "--backtest", "--set", "context_length=32", "num_epochs=1",
+              "--param", "folds=2", "bootstrap_reps=100")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    folder = next((tmp_path / "runs").glob("batch-*")); board = pd.read_csv(folder / "leaderboard.csv")
+    row = board.iloc[0]
+    assert row.task == "backtest" and row.status == "completed" and row.folds == 2 and row.rel_mae_low <= row.rel_mae <= row.rel_mae_high
+    assert 0 <= row.dm_p_naive <= 1 and row.best_baseline in ("drift", "seasonal_naive", "ar") and "beats_naive" in board.columns
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    parent = client.get_run(row.mlflow_run_id)
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{row.mlflow_run_id}'")
+    assert len(kids) == 2 and parent.data.metrics["rel_mae"] == pytest.approx(row.rel_mae)
+    assert "forecasts.parquet" in [a.path for a in client.list_artifacts(row.mlflow_run_id)]
+    assert "dm_p_naive" in (folder / "leaderboard.html").read_text()
