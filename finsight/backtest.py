@@ -15,37 +15,19 @@ import pandas as pd
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .settings import ConfigError, FinsightError, write_json
-from .data.sources import TimeFrame
 from .data.splits import Fold, walk_forward_folds
 from .data.validation import validate_ohlcv
-from .data.windows import WindowDataset, make_windows
-from .features import BasicFeatureEngineering, cut_at
+from .data.windows import WindowDataset
+from .features import BasicFeatureEngineering
 from .models import ModelConfig, ModelFactory, ModelType
 from .metrics import always_up_rate, directional_accuracy, naive_scale
-from .significance import block_bootstrap_ci, diebold_mariano
-from .training import fit, forecast_windows
+from .significance import block_bootstrap_ci, diebold_mariano, mae_ratio, significance_table
+from .training import forecast_windows, prepare_windows, train_adapter
 
 # %% auto #0
-__all__ = ['BASELINES', 'ohlcv_from_returns', 'ar1_returns', 'season_length', 'ARBaseline', 'select_ar', 'baseline_forecasts',
-           'BacktestError', 'plan_folds', 'FoldModel', 'fit_fold', 'forecast_fold', 'forecasters', 'backtest',
-           'backtest_summary', 'versus_baselines', 'errors_by_horizon', 'Backtest', 'plot_backtest']
-
-# %% ../nbs/32_backtest.ipynb #b75c4004
-def ohlcv_from_returns(log_returns: np.ndarray, # one log return per bar
-                       timeframe="1d", seed: int = 0, start: str = "2000-01-03", start_price: float = 100.0) -> pd.DataFrame:
-    "Seeded OHLCV bars whose closes follow `log_returns` exactly (for known-answer checks)."
-    r, rng, tf = np.asarray(log_returns, "float64"), np.random.default_rng(seed), TimeFrame.parse(timeframe)
-    close = start_price * np.exp(np.cumsum(r)); open_ = np.concatenate([[start_price], close[:-1]])
-    wick = np.abs(rng.standard_normal((2, len(r)))) * max(float(np.std(r)), 1e-6) * 0.5
-    idx = pd.date_range(pd.Timestamp(start, tz="UTC"), periods=len(r), freq="B" if tf.value == "1d" else tf.delta, name="timestamp")
-    return pd.DataFrame({"open": open_, "high": np.maximum(open_, close) * np.exp(wick[0]), "low": np.minimum(open_, close) * np.exp(-wick[1]),
-                         "close": close, "volume": rng.lognormal(10, 0.3, len(r))}, index=idx)
-
-def ar1_returns(n: int, phi: float = 0.3, sigma: float = 0.01, seed: int = 0) -> np.ndarray:
-    "Log returns of an AR(1) process r_t = phi r_{t-1} + e_t (phi=0: a random walk of prices)."
-    e, r = np.random.default_rng(seed).normal(0, sigma, n), np.zeros(n)
-    for t in range(1, n): r[t] = phi * r[t - 1] + e[t]
-    return r
+__all__ = ['BASELINES', 'season_length', 'ARBaseline', 'select_ar', 'baseline_forecasts', 'BacktestError', 'plan_folds',
+           'FoldModel', 'fit_fold', 'forecast_fold', 'forecasters', 'backtest', 'backtest_summary', 'versus_baselines',
+           'errors_by_horizon', 'Backtest', 'plot_backtest']
 
 # %% ../nbs/32_backtest.ipynb #03b285ec
 def season_length(index: pd.DatetimeIndex) -> int | None:
@@ -158,15 +140,12 @@ def fit_fold(bars: pd.DataFrame, fold: Fold, model_type, config: ModelConfig, ma
     "Train `model_type` on the fold's training rows (the last `val_fraction` of them for early stopping)."
     tr, t0 = bars.iloc[fold.train], time.perf_counter()
     n_val = _val_rows(len(tr), val_fraction, config.prediction_length)
-    fe = make_features(); fe.fit(tr.iloc[:-n_val]); feats = fe.transform(tr)
-    b, f = cut_at(tr, feats, {"train": feats.index[0], "val": tr.index[-n_val]}, config.context_length)
-    win = make_windows(b, f, config.context_length, config.prediction_length, config.target_column, config.target_transform)
+    fe = make_features(); win, _ = prepare_windows(tr.iloc[:-n_val], tr.iloc[-n_val:], None, fe, config)
     adapter = ModelFactory.create(ModelType.parse(model_type), config, len(win.channels), win.target_channel)
     if init is not None: adapter.module.load_state_dict(init.adapter.module.state_dict())
     kw = dict(callbacks=list(callbacks), checkpoint_dir=None, resume_from=None, job_id=f"fold {fold.k}", progress=False, device=device)
-    res = adapter._train_model(win.train, win.val, **kw) if adapter._train_model else fit(adapter, win.train, win.val, **kw)
-    adapter.to("cpu")
-    return FoldModel(adapter, fe, win.target, getattr(res, "epochs_run", 0), time.perf_counter() - t0)
+    res = train_adapter(adapter, win.train, win.val, **kw); adapter.to("cpu")
+    return FoldModel(adapter, fe, win.target, res.epochs_run, time.perf_counter() - t0)
 
 # %% ../nbs/32_backtest.ipynb #9a766ace
 def forecast_fold(fm: FoldModel, bars: pd.DataFrame, fold: Fold, batch_size: int = 512) -> dict:
@@ -224,22 +203,19 @@ def _per_origin(fr: pd.DataFrame, name: str, scaled: bool = False) -> np.ndarray
     e = (fr[name] - fr["actual"]).abs() / (fr["scale"] if scaled else 1.0)
     return e.groupby(fr["origin"], sort=True).mean().to_numpy()
 
-def _ratio(a, b): return float(np.mean(a) / np.mean(b)) if np.mean(b) > 0 else float("nan")
-
 def backtest_summary(fr: pd.DataFrame, level: float = 0.95, reps: int = 1000, seed: int = 0) -> pd.DataFrame:
     "Per forecaster: MAE, rel_mae and MASE with their intervals, the Diebold–Mariano test against naive, direction."
-    h = int(fr["horizon"].max()); first = fr[fr["horizon"] == 1].sort_values("origin"); up = (first["actual"] - first["last"]).to_numpy()
-    naive, rows = _per_origin(fr, "naive"), {}
-    for m in forecasters(fr):
-        e, s = _per_origin(fr, m), _per_origin(fr, m, scaled=True)
-        rl, rh = block_bootstrap_ci(_ratio, e, naive, level=level, reps=reps, seed=seed, horizon=h)
-        ml, mh = block_bootstrap_ci(np.mean, s, level=level, reps=reps, seed=seed, horizon=h)
-        dm = diebold_mariano(e, naive, horizon=h, loss="abs", alternative="less") if m != "naive" else None
-        rows[m] = {"mae": e.mean(), "rel_mae": _ratio(e, naive), "rel_mae_low": rl, "rel_mae_high": rh, "mase": s.mean(), "mase_low": ml, "mase_high": mh,
-                   "dm_stat": dm.statistic if dm else np.nan, "p_value": dm.p_value if dm else np.nan,
-                   "beats_naive": bool(dm and dm.p_value < 1 - level and _ratio(e, naive) < 1),
-                   "dir_acc": directional_accuracy(up, (first[m] - first["last"]).to_numpy()) if m != "naive" else np.nan, "up_rate": always_up_rate(up)}
-    return pd.DataFrame(rows).T.rename_axis("forecaster")
+    h, names = int(fr["horizon"].max()), forecasters(fr)
+    first = fr[fr["horizon"] == 1].sort_values("origin"); up = (first["actual"] - first["last"]).to_numpy()
+    errs = {m: _per_origin(fr, m) for m in names}
+    t = significance_table(errs, "naive", horizon=h, level=level, reps=reps, seed=seed).rename(columns={"beats_reference": "beats_naive"})
+    t.loc["naive"] = {"mae": errs["naive"].mean(), "rel_mae": 1.0, "rel_mae_low": 1.0, "rel_mae_high": 1.0, "dm_stat": np.nan, "p_value": np.nan, "beats_naive": False}
+    for m in names:
+        s = _per_origin(fr, m, scaled=True); ml, mh = block_bootstrap_ci(np.mean, s, level=level, reps=reps, seed=seed, horizon=h)
+        t.loc[m, ["mase", "mase_low", "mase_high"]] = s.mean(), ml, mh
+        t.loc[m, "dir_acc"] = directional_accuracy(up, (first[m] - first["last"]).to_numpy()) if m != "naive" else np.nan
+    t["up_rate"] = always_up_rate(up)
+    return t.loc[names, ["mae", "rel_mae", "rel_mae_low", "rel_mae_high", "mase", "mase_low", "mase_high", "dm_stat", "p_value", "beats_naive", "dir_acc", "up_rate"]]
 
 # %% ../nbs/32_backtest.ipynb #8159fbf5
 def versus_baselines(fr: pd.DataFrame, model: str = "model", level: float = 0.95) -> pd.DataFrame:
@@ -248,7 +224,7 @@ def versus_baselines(fr: pd.DataFrame, model: str = "model", level: float = 0.95
     for b in forecasters(fr):
         if b == model: continue
         eb = _per_origin(fr, b); dm = diebold_mariano(e, eb, horizon=h, loss="abs", alternative="less")
-        rows[b] = {"mae_ratio": _ratio(e, eb), "dm_stat": dm.statistic, "p_value": dm.p_value, "beats": bool(dm.p_value < 1 - level and _ratio(e, eb) < 1)}
+        rows[b] = {"mae_ratio": mae_ratio(e, eb), "dm_stat": dm.statistic, "p_value": dm.p_value, "beats": bool(dm.p_value < 1 - level and mae_ratio(e, eb) < 1)}
     return pd.DataFrame(rows).T.rename_axis("baseline")
 
 def errors_by_horizon(fr: pd.DataFrame) -> pd.DataFrame:
@@ -269,15 +245,19 @@ class Backtest:
     info: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
 
+    def _cached(self, key: str, make: Callable):
+        if key not in self._cache: self._cache[key] = make()
+        return self._cache[key]
     def summary(self) -> pd.DataFrame:
         "Per forecaster: rel_mae and MASE with intervals, Diebold–Mariano against naive, direction (cached)."
-        if "summary" not in self._cache: self._cache["summary"] = backtest_summary(self.forecasts, self.info.get("level", 0.95), self.info.get("reps", 1000), self.info.get("seed", 0))
-        return self._cache["summary"]
-    def versus(self) -> pd.DataFrame: return versus_baselines(self.forecasts, level=self.info.get("level", 0.95))
+        i = self.info; return self._cached("summary", lambda: backtest_summary(self.forecasts, i.get("level", 0.95), i.get("reps", 1000), i.get("seed", 0)))
+    def versus(self) -> pd.DataFrame:
+        "The model against each baseline (cached)."
+        return self._cached("versus", lambda: versus_baselines(self.forecasts, level=self.info.get("level", 0.95)))
     def by_horizon(self) -> pd.DataFrame: return errors_by_horizon(self.forecasts)
     def by_fold(self) -> pd.DataFrame:
         "The folds, with each forecaster's rel_mae in each."
-        rel = {k: {f"{m}_rel_mae": _ratio(_per_origin(g, m), _per_origin(g, "naive")) for m in forecasters(g) if m != "naive"} for k, g in self.forecasts.groupby("fold")}
+        rel = {k: {f"{m}_rel_mae": mae_ratio(_per_origin(g, m), _per_origin(g, "naive")) for m in forecasters(g) if m != "naive"} for k, g in self.forecasts.groupby("fold")}
         return self.folds.join(pd.DataFrame(rel).T, on="fold")
 
 # %% ../nbs/32_backtest.ipynb #9ef32395
@@ -308,7 +288,7 @@ def load(cls: Backtest, folder: str | Path) -> Backtest:
     folds = pd.read_csv(folder / "backtest_folds.csv", index_col=0)
     return cls(pd.read_parquet(folder / "forecasts.parquet"), folds[[c for c in folds.columns if not c.endswith("_rel_mae")]], info)
 
-# %% ../nbs/32_backtest.ipynb #2dd9fa87
+# %% ../nbs/32_backtest.ipynb #978d3180
 def plot_backtest(bt: Backtest, step: int = 1, last: int = 250) -> dict:
     "Figures of a backtest: forecasts `step` bars ahead against actual with every baseline, rel_mae per fold, rel_mae per horizon."
     import matplotlib.pyplot as plt

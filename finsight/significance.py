@@ -14,7 +14,7 @@ from scipy import stats
 from .settings import ConfigError
 
 # %% auto #0
-__all__ = ['default_block_length', 'block_bootstrap_ci', 'DMTest', 'diebold_mariano', 'significance_table']
+__all__ = ['default_block_length', 'block_bootstrap_ci', 'DMTest', 'diebold_mariano', 'mae_ratio', 'significance_table']
 
 # %% ../nbs/30a_significance.ipynb #c43cbf43
 def default_block_length(n: int, # number of forecast origins (rows)
@@ -111,7 +111,7 @@ def diebold_mariano(errors_model, # 1-D forecast errors of the model, one per or
     return DMTest(float(dm), float(min(p, 1.0)), float(d.mean()), n, h, alternative)
 
 # %% ../nbs/30a_significance.ipynb #49d08fcc
-def _mae_ratio(a: np.ndarray, b: np.ndarray) -> float:
+def mae_ratio(a: np.ndarray, b: np.ndarray) -> float:
     "mean|a| / mean|b|, nan if mean|b| is 0."
     den = np.mean(np.abs(b))
     return float(np.mean(np.abs(a)) / den) if den > 0 else float("nan")
@@ -133,8 +133,8 @@ def significance_table(errors: dict[str, np.ndarray], # forecaster name -> 1-D e
         if name == reference: continue
         dm = diebold_mariano(e, ref, horizon, loss, "less")
         e = np.asarray(e, "float64"); ok = ~(np.isnan(e) | np.isnan(ref))
-        lo, hi = block_bootstrap_ci(_mae_ratio, e[ok], ref[ok], level=level, reps=reps, horizon=horizon, seed=seed)
-        rel = _mae_ratio(e[ok], ref[ok])
+        lo, hi = block_bootstrap_ci(mae_ratio, e[ok], ref[ok], level=level, reps=reps, horizon=horizon, seed=seed)
+        rel = mae_ratio(e[ok], ref[ok])
         rows[name] = {"mae": float(np.mean(np.abs(e[ok]))), "rel_mae": rel, "rel_mae_low": lo, "rel_mae_high": hi,
                       "dm_stat": dm.statistic, "p_value": dm.p_value, "beats_reference": bool(dm.p_value < 1 - level and rel < 1)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("forecaster")

@@ -36,7 +36,7 @@ __all__ = ['CKPT_FORMAT', 'TrainingError', 'CheckpointError', 'TrainingJobStatus
            'FastDropout', 'NarrowSoftmax', 'cpu_fast_paths', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
            'TrainState', 'make_optimizer', 'fit', 'forecast_windows', 'evaluate', 'TrainedModel', 'predict',
            'ModelCache', 'plot_history', 'plot_forecast', 'prepare_windows', 'TrainingMetrics', 'TrainingOutcome',
-           'ModelTrainingFacade']
+           'ModelTrainingFacade', 'train_adapter']
 
 # %% ../nbs/31_training.ipynb #ea93f74e
 class TrainingError(FinsightError, RuntimeError):
@@ -455,6 +455,14 @@ class ModelTrainingFacade:
             raise ConfigError(f"run_id {run_id!r} is not a plain name (letters, digits, '.', '_', '-'): it names the checkpoint folder")
         return self.checkpoint_root / run_id
 
+# %% ../nbs/31_training.ipynb #4433b844
+def train_adapter(adapter: ModelAdapter, train, val=None, **fit_kwargs) -> TrainResult:
+    "Train with the adapter's own `_train_model` when it has one, else the shared `fit`; always a `TrainResult`."
+    if not adapter._train_model: return fit(adapter, train, val, **fit_kwargs)
+    t0 = time.perf_counter(); res = adapter._train_model(train, val, **fit_kwargs)
+    secs = time.perf_counter() - t0
+    return res if res is not None else TrainResult([], 0, float("nan"), 0, False, secs, len(train) / max(secs, 1e-9), "own training")
+
 # %% ../nbs/31_training.ipynb #55143c1f
 @patch
 def train_model_sync(self: ModelTrainingFacade, symbol: str, timeframe, model_type, train_data: pd.DataFrame, val_data: pd.DataFrame,
@@ -470,9 +478,7 @@ def train_model_sync(self: ModelTrainingFacade, symbol: str, timeframe, model_ty
     adapter = ModelFactory.create(mt, config, len(win.channels), win.target_channel)
     kw = dict(callbacks=self.callbacks, checkpoint_dir=self.checkpoint_dir(run_id), resume_from=resume_from, job_id=job_id or run_id,
               progress=self.progress, device=self.device)
-    t0 = time.perf_counter()
-    res = adapter._train_model(win.train, win.val, **kw) if adapter._train_model else fit(adapter, win.train, win.val, **kw)
-    if res is None: res = TrainResult([], 0, float("nan"), 0, False, time.perf_counter() - t0, len(win.train) / max(time.perf_counter() - t0, 1e-9), "own training")
+    res = train_adapter(adapter, win.train, win.val, **kw)
     adapter.to("cpu")
     scale = naive_scale(win.train.close)
     val, test = evaluate(adapter, win.val, win.target, scale), (evaluate(adapter, win.test, win.target, scale) if win.test is not None else None)

@@ -2,7 +2,8 @@
 bars after t change (features, scaling, refits, baselines and all)."""
 import numpy as np
 import pytest
-from finsight.backtest import ar1_returns, backtest, ohlcv_from_returns
+from finsight.backtest import backtest
+from finsight.data.sources import ar1_returns, ohlcv_from_returns
 from finsight.models import ModelConfig
 
 LIN = dict(context_length=16, prediction_length=3, num_epochs=15, learning_rate=1e-2, batch_size=128, patch_length=4, patch_stride=4,

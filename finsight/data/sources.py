@@ -17,8 +17,9 @@ from ..settings import FinsightError, atomic_path, get_settings
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'BINANCE_KLINE_COLUMNS', 'REGIMES', 'BUNDLED_SYMBOLS', 'DataSourceError', 'TimeFrame',
            'DataLoaderType', 'normalize_columns', 'to_utc', 'ohlcv_format', 'read_ohlcv_bytes', 'read_ohlcv_file',
-           'frame_from_table', 'infer_timeframe', 'resample_ohlcv', 'synthetic_ohlcv', 'bundled_path', 'load_bundled',
-           'data_fingerprint', 'check_symbol', 'LocalDataLoader', 'pick_source_timeframe', 'finish_frame']
+           'frame_from_table', 'infer_timeframe', 'resample_ohlcv', 'synthetic_ohlcv', 'ohlcv_from_returns',
+           'ar1_returns', 'bundled_path', 'load_bundled', 'data_fingerprint', 'check_symbol', 'LocalDataLoader',
+           'pick_source_timeframe', 'finish_frame']
 
 # %% ../../nbs/01_data.sources.ipynb #fbb457ca
 class DataSourceError(FinsightError, ValueError):
@@ -168,6 +169,23 @@ def synthetic_ohlcv(n_bars: int = 10_000, # number of bars
     names = np.array(list(regimes))
     return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume,
                          "regime": names[regime]}, index=idx)
+
+# %% ../../nbs/01_data.sources.ipynb #60ac0b40
+def ohlcv_from_returns(log_returns: np.ndarray, # one log return per bar
+                       timeframe="1d", seed: int = 0, start: str = "2000-01-03", start_price: float = 100.0) -> pd.DataFrame:
+    "Seeded OHLCV bars whose closes follow `log_returns` exactly (for known-answer checks)."
+    r, rng, tf = np.asarray(log_returns, "float64"), np.random.default_rng(seed), TimeFrame.parse(timeframe)
+    close = start_price * np.exp(np.cumsum(r)); open_ = np.concatenate([[start_price], close[:-1]])
+    wick = np.abs(rng.standard_normal((2, len(r)))) * max(float(np.std(r)), 1e-6) * 0.5
+    idx = pd.date_range(pd.Timestamp(start, tz="UTC"), periods=len(r), freq="B" if tf.value == "1d" else tf.delta, name="timestamp")
+    return pd.DataFrame({"open": open_, "high": np.maximum(open_, close) * np.exp(wick[0]), "low": np.minimum(open_, close) * np.exp(-wick[1]),
+                         "close": close, "volume": rng.lognormal(10, 0.3, len(r))}, index=idx)
+
+def ar1_returns(n: int, phi: float = 0.3, sigma: float = 0.01, seed: int = 0) -> np.ndarray:
+    "Log returns of an AR(1) process r_t = phi r_{t-1} + e_t (phi=0: a random walk of prices)."
+    e, r = np.random.default_rng(seed).normal(0, sigma, n), np.zeros(n)
+    for t in range(1, n): r[t] = phi * r[t - 1] + e[t]
+    return r
 
 # %% ../../nbs/01_data.sources.ipynb #55880b02
 BUNDLED_SYMBOLS = {"SP500": "sp500/sp500.csv.gz", "NASDAQ": "nasdaq/nasdaq.csv.gz"}  # files in the arch package's data folder
