@@ -321,7 +321,13 @@ register_task(ForecastTask)
 # %% ../nbs/45_tasks.ipynb #97f5eea7
 class BacktestParams(ForecastParams):
     "Parameters of one backtest job (the `parameters` cell of `nbs/templates/backtest.ipynb`)."
-    export_formats: list[str] = []  # a backtest exports nothing by default
+    export_formats: list[str] = []  # a backtest trains one model per fold and exports none
+
+    @field_validator("export_formats")
+    @classmethod
+    def _no_exports(cls, v):
+        if v: raise ValueError(f"a backtest exports no model (it trains one per fold), got {v}: train the model with the forecast task to export it")
+        return v
     folds: int = Field(8, ge=1, le=500)  # walk-forward folds
     mode: Literal["expanding", "sliding"] = "expanding"
     embargo: int = Field(0, ge=0)  # bars left out between each fold's training part and its test block
@@ -382,8 +388,7 @@ def record(self: BacktestTask, p: BacktestParams, outcome: Backtest, bars=None, 
     return rid
 
 @patch
-def summarize(self: BacktestTask, p: BacktestParams, outcome: Backtest, seconds: float, run_id=None, exported=None, bars=None) -> JobSummary:
-    return ForecastTask.summarize(self, p, outcome, seconds, run_id, None, bars)
+def export(self: BacktestTask, p: BacktestParams, outcome: Backtest, folder: Path) -> None: return None
 
 register_task(BacktestTask)
 
