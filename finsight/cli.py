@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--folds", type=int, default=8); bt.add_argument("--mode", choices=["expanding", "sliding"], default="expanding")
     bt.add_argument("--embargo", type=int, default=0, help="bars left out between each fold's training part and its test block")
     bt.add_argument("--refit-every", type=int, default=1, help="refit every k folds (default: every fold)"); bt.add_argument("--warm-start", action="store_true")
+    tu = sub.add_parser("tune", help="an Optuna search of a model's configuration, scored by backtests, the winner judged once on a held-out last block")
+    _job_args(tu); tu.set_defaults(task="tune")
+    tu.add_argument("--trials", type=int, default=20); tu.add_argument("--timeout", default=None, help="stop starting trials after this long: seconds, 30m, 2h")
+    tu.add_argument("--space", default=None, help="a YAML or JSON search space (default: the model's own)"); tu.add_argument("--folds", type=int, default=4)
+    tu.add_argument("--study-name", default=None, help="the same name resumes the study"); tu.add_argument("--storage", default=None, help="an Optuna RDB URL (default: runs/optuna.db)")
     sub.add_parser("tasks", help="the registered tasks, their models and templates")
     sub.add_parser("info", help="the machine as the workbench sees it: CPU, GPUs, threads, versions, precision plan, folders").add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="the job store").add_subparsers(dest="jobs_cmd", required=True)
@@ -163,7 +168,7 @@ def _train(args) -> dict:
     "`finsight train`: one job of the task `--task` in this process; its summary."
     task = get_task(args.task); fields = task.params_model.model_fields
     given = {"timeframe": args.timeframe, "data_source": args.source} if "timeframe" in fields else {}
-    given |= {k: getattr(args, k) for k in ("folds", "mode", "embargo", "refit_every", "warm_start") if hasattr(args, k)}
+    given |= {k: getattr(args, k) for k in ("folds", "mode", "embargo", "refit_every", "warm_start", "trials", "timeout", "space", "study_name", "storage") if hasattr(args, k)}
     s = task.run(symbol=args.symbol, model_type=args.model, config=_kv(args.set), **{k: v for k, v in given.items() if v is not None and k in fields}, **_kv(args.param, "--param"))
     return s.to_dict()
 
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "main": return _print_batch(main_job(max_concurrent=args.max_concurrent))
-        if args.cmd in ("train", "backtest"):
+        if args.cmd in ("train", "backtest", "tune"):
             s = _train(args)
             print(json.dumps({k: v for k, v in s.items() if k not in ("config", "data")}, indent=1, default=str)); return 0
         if args.cmd in ("run", "batch"):

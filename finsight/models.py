@@ -157,6 +157,7 @@ class ModelAdapter:
 class BaseTimeSeriesAdapter(ModelAdapter):
     "A forecaster: `module` maps past_values (batch, context, channels) to the target's forecast (batch, horizon)."
     _train_model: Callable | None = None  # a subclass that trains itself: `_train_model(train, val, **fit_kwargs) -> TrainResult | None`
+    search_space: dict = {}  # what `finsight tune` searches by default: field -> {"low", "high", "log"} or {"choices": [...]}
 
     def __init__(self, config: ModelConfig | dict, # hyperparameters (a dict is checked into a `ModelConfig`)
                  n_channels: int, # feature channels in each window
@@ -377,6 +378,8 @@ def patchtst_config(config: ModelConfig, n_channels: int):
 
 class PatchTSTAdapter(BaseTimeSeriesAdapter):
     "PatchTST (Nie et al. 2023): a Transformer over patches of each channel."
+    search_space = {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.3},
+                    "context_length": {"choices": [32, 64, 128]}, "d_model": {"choices": [64, 128]}, "num_layers": {"low": 1, "high": 3}}
     def _create_model(self) -> nn.Module:
         return HFForecaster(_transformers().PatchTSTForPrediction(patchtst_config(self.config, self.n_channels)), self.target_index)
 
@@ -392,6 +395,7 @@ def patchtsmixer_config(config: ModelConfig, n_channels: int):
 
 class PatchTSMixerAdapter(BaseTimeSeriesAdapter):
     "PatchTSMixer (Ekambaram et al. 2023): MLP-Mixer layers over patches, features and (optionally) channels."
+    search_space = PatchTSTAdapter.search_space | {"expansion_factor": {"low": 1, "high": 4}}
     def _create_model(self) -> nn.Module:
         hf = _transformers().PatchTSMixerForPrediction(patchtsmixer_config(self.config, self.n_channels))
         return HFForecaster(hf, self.target_index, target_only=not self.config.channel_mixing)
@@ -449,6 +453,8 @@ class DLinear(nn.Module):
 # %% ../nbs/20_models.ipynb #f04c2db1
 class DLinearAdapter(BaseTimeSeriesAdapter):
     "DLinear behind the adapter interface; `model_params={'kernel_size': k}` sets the trend window (default 25)."
+    search_space = {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}, "context_length": {"choices": [32, 64, 128]},
+                    "channel_mixing": {"choices": [False, True]}}
     def _create_model(self) -> nn.Module:
         c = self.config
         k = c.model_params.get("kernel_size", min(25, c.context_length - 1 + c.context_length % 2))

@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/tasks.html.md"""
 
 # %% ../nbs/45_tasks.ipynb #7f77b373
 from __future__ import annotations
-import time
+import json, re, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
@@ -26,11 +26,13 @@ from .export import ExportResult, export_model, parse_formats
 from .tracking import IExperimentTracker, check_tracking_uri, get_tracker
 from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_plots
 from .backtest import Backtest, backtest, plot_backtest
+from .tune import TuneResult, plot_study, tune
 from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_table, train_sentiment, write_sentiment_run
 
 # %% auto #0
 __all__ = ['TASKS', 'JobParams', 'JobSummary', 'TaskError', 'Task', 'register_task', 'get_task', 'available_tasks',
-           'ForecastParams', 'ForecastTask', 'BacktestParams', 'BacktestTask', 'SentimentParams', 'SentimentTask']
+           'ForecastParams', 'ForecastTask', 'BacktestParams', 'BacktestTask', 'TuneParams', 'TuneTask',
+           'SentimentParams', 'SentimentTask']
 
 # %% ../nbs/45_tasks.ipynb #f8ea8604
 class JobParams(CheckedModel):
@@ -391,6 +393,88 @@ def record(self: BacktestTask, p: BacktestParams, outcome: Backtest, bars=None, 
 def export(self: BacktestTask, p: BacktestParams, outcome: Backtest, folder: Path) -> None: return None
 
 register_task(BacktestTask)
+
+# %% ../nbs/45_tasks.ipynb #800d298c
+def _seconds(v) -> float | None:
+    "Seconds from a number or a duration such as '90s', '30m', '2h'."
+    if v is None or v == "": return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool): return float(v)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(v))
+    if not m: raise ValueError(f"{v!r} is not a duration: use seconds or a number with s, m or h (30m)")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
+
+class TuneParams(BacktestParams):
+    "Parameters of one search (the `parameters` cell of `nbs/templates/tune.ipynb`)."
+    folds: int = Field(4, ge=1, le=500)  # walk-forward folds of each trial's backtest
+    trials: int = Field(20, ge=1, le=100_000)
+    timeout: float | str | None = None  # stop starting trials after this long: seconds, or '30m', '2h'
+    space: dict | str = {}  # {} = the model's default search space; a dict, or a YAML/JSON file (relative: from the project root)
+    holdout: int | None = Field(None, ge=1)  # bars of the held-out last block (None: a sixth)
+    study_name: str = ""  # "" = <symbol>_<timeframe>_<model>; the same name resumes the study
+    storage: str = ""  # "" = <runs>/optuna.db (SQLite); any Optuna RDB URL (postgresql://...) for several machines
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v):
+        s = _seconds(v)
+        if s is not None and s <= 0: raise ValueError(f"{v!r} must be a positive duration")
+        return s
+
+class TuneTask(BacktestTask):
+    "An Optuna search of a forecaster's configuration, scored by backtests, the winner judged once on a held-out last block."
+    name, params_model, template = "tune", TuneParams, "tune.ipynb"
+    leaderboard_columns = ("cv_rel_mae", "holdout_rel_mae", "holdout_rel_mae_low", "holdout_rel_mae_high", "holdout_dm_p_naive", "holdout_beats_naive",
+                           "completed", "pruned", "failed", "best_params")
+    sort_by, plots = (("holdout_rel_mae", True),), ("tune_history", "backtest_forecast")
+    leaderboard_note = ("cv_rel_mae: the best trial's mean rel_mae over the search folds (selected, so optimistic); holdout_*: that configuration backtested once "
+                        "on the last block, which no trial saw (rel_mae with its 95% interval, one-sided Diebold-Mariano p-value against naive).")
+    def job_name(self, p: TuneParams) -> str: return f"{p.symbol}_{p.timeframe}_{p.model_type}_tune"
+
+# %% ../nbs/45_tasks.ipynb #356bd07e
+@patch
+def train(self: TuneTask, p: TuneParams, bars: pd.DataFrame, callbacks=(), progress: bool = True) -> TuneResult:
+    "Search the job's model's configuration on the bars, then backtest the winner on the held-out block."
+    space = (_project_path(p.space) if isinstance(p.space, str) else p.space) or None
+    return tune(bars, p.model_type, self.config(p), p.trials, p.timeout, space, p.folds, p.holdout, p.study_name or None, p.storage or None,
+                seed=p.seed or 0, symbol=p.symbol, timeframe=p.timeframe, progress=progress, mode=p.mode, embargo=p.embargo, refit_every=p.refit_every,
+                warm_start=p.warm_start, test_size=p.test_size, train_size=p.train_size, val_fraction=p.val_fraction, device=_device(p), level=p.level)
+
+@patch
+def metrics_of(self: TuneTask, outcome: TuneResult) -> dict: return outcome.metrics() | {"best_params": json.dumps(outcome.study.best_params)}
+@patch
+def metrics_table(self: TuneTask, outcome: TuneResult) -> pd.DataFrame: return outcome.trials()
+@patch
+def save_outputs(self: TuneTask, p: TuneParams, outcome: TuneResult, folder: Path) -> dict[str, Path]:
+    "The trials table, the held-out backtest (its own folder) and the plots; the plots' paths."
+    import matplotlib.pyplot as plt
+    folder.mkdir(parents=True, exist_ok=True); outcome.trials().to_csv(folder / "trials.csv", index=False); outcome.holdout.save(folder / "holdout")
+    figs = plot_study(outcome) | {"backtest_forecast": plot_backtest(outcome.holdout)["backtest_forecast"]}; paths = {}
+    for k, fig in figs.items(): fig.savefig(paths.setdefault(k, folder / f"{k}.png"), dpi=80); plt.close(fig)
+    return paths
+
+# %% ../nbs/45_tasks.ipynb #89e39188
+@patch
+def record(self: TuneTask, p: TuneParams, outcome: TuneResult, bars=None, exported=None) -> str | None:
+    "One parent run for the study (best configuration, held-out metrics, trials table, plots) and a child run per trial."
+    if not p.track: return None
+    tracker, folder, m = self.tracker(p), self.output_folder(p), outcome.metrics()
+    tags = self.tags(p) | {"finsight.kind": "tune", "finsight.symbol": p.symbol, "finsight.timeframe": p.timeframe, "finsight.model_type": p.model_type,
+                           "finsight.study": outcome.info["study_name"], "finsight.study_storage": outcome.info["storage"]}
+    with tracker.run(self.job_name(p), tags) as rid:
+        tracker.log_params_sync({k: v for k, v in p.to_dict().items() if k != "space"} | {f"best.{k}": v for k, v in outcome.study.best_params.items()}
+                                | {"space": json.dumps({k: repr(d) for k, d in outcome.study.user_attrs["signature"]["space"].items()})})
+        tracker.log_metrics_sync(m)
+        for f in [folder / "trials.csv", *sorted(folder.glob("tune_*.png")), folder / "backtest_forecast.png"]:
+            if f.is_file(): tracker.log_artifact_sync(f, None, rid)
+        tracker.log_artifact_sync(folder / "holdout", "holdout", rid)
+        for t in outcome.study.trials:
+            with tracker.run(f"{self.job_name(p)} trial {t.number}", tags | {"finsight.kind": "tune_trial", "finsight.trial_state": t.state.name,
+                                                                          **({"finsight.error": t.user_attrs["error"]} if "error" in t.user_attrs else {})}, nested=True):
+                tracker.log_params_sync(t.params | {"trial": t.number})
+                if t.value is not None and t.state.name == "COMPLETE": tracker.log_metrics_sync({"cv_rel_mae": t.value})
+    return rid
+
+register_task(TuneTask)
 
 # %% ../nbs/45_tasks.ipynb #f3b4910f
 class SentimentParams(JobParams):
