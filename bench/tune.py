@@ -1,7 +1,7 @@
 """Search throughput: `tune` with N trials of a small config on the bundled S&P 500 daily bars (one worker: trials run
 one after another in this process); trials per hour and the share of trials pruned.
 
-    python bench/tune.py [--trials 20] [--model dlinear] [--epochs 5]
+    python bench/tune.py [--trials 20] [--models dlinear patchtst] [--epochs 2]
 """
 from __future__ import annotations
 import argparse, sys, tempfile, time, warnings
@@ -11,8 +11,8 @@ from _report import table, write_section
 
 
 def main():
-    ap = argparse.ArgumentParser(); ap.add_argument("--trials", type=int, default=20); ap.add_argument("--model", default="dlinear")
-    ap.add_argument("--epochs", type=int, default=5); ap.add_argument("--folds", type=int, default=2); ap.add_argument("--threads", type=int, default=2)
+    ap = argparse.ArgumentParser(); ap.add_argument("--trials", type=int, default=20); ap.add_argument("--models", nargs="+", default=["dlinear", "patchtst"])
+    ap.add_argument("--epochs", type=int, default=2); ap.add_argument("--folds", type=int, default=2); ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     import torch
     from finsight.data.sources import load_bundled
@@ -20,18 +20,21 @@ def main():
     torch.set_num_threads(a.threads); warnings.filterwarnings("ignore")
     bars = load_bundled("SP500")
     cfg = dict(context_length=32, d_model=64, n_heads=4, num_layers=1, num_epochs=a.epochs, batch_size=256)
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        r = tune(bars, a.model, cfg, trials=a.trials, folds=a.folds, storage=f"sqlite:///{d}/o.db", progress=False)
-        secs = time.perf_counter() - t0
-    m = r.metrics()
-    rows = [{"workers": 1, "trials": m["trials"], "seconds": secs, "trials per hour": 3600 * m["trials"] / secs, "pruned %": 100 * m["pruned"] / m["trials"],
-             "failed": m["failed"], "cv rel_mae": m["cv_rel_mae"], "held-out rel_mae": m["holdout_rel_mae"], "held-out DM p": m["holdout_dm_p_naive"]}]
-    body = table(rows) + (f"\n\n`tune` of {a.model} (its default search space; base: context 32, d_model 64, 1 layer, {a.epochs} epochs, batch 256) on the bundled "
+    rows = []
+    for model in a.models:
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            r = tune(bars, model, cfg, trials=a.trials, folds=a.folds, storage=f"sqlite:///{d}/o.db", progress=False)
+            secs = time.perf_counter() - t0
+        m = r.metrics()
+        rows.append({"model": model, "workers": 1, "trials": m["trials"], "seconds": secs, "trials per hour": 3600 * m["trials"] / secs,
+                     "pruned %": 100 * m["pruned"] / m["trials"], "failed": m["failed"], "cv rel_mae": m["cv_rel_mae"],
+                     "held-out rel_mae": m["holdout_rel_mae"], "held-out DM p": m["holdout_dm_p_naive"]})
+    body = table(rows) + (f"\n\n`tune` of each model (its default search space; base: context 32, d_model 64, 1 layer, {a.epochs} epochs, batch 256) on the bundled "
                           f"S&P 500 daily bars: {a.folds} walk-forward folds per trial on the first five sixths, the winner backtested once on the last sixth "
                           f"(included in the seconds). {a.threads} torch threads. Trials run one after another: trials on the job service's Dask workers are not built, "
                           "so there is no 2-worker row.")
-    write_section("Tune", body, f"python bench/tune.py --trials {a.trials} --model {a.model} --epochs {a.epochs}")
+    write_section("Tune", body, f"python bench/tune.py --trials {a.trials} --models {' '.join(a.models)} --epochs {a.epochs}")
 
 
 if __name__ == "__main__":
