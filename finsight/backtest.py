@@ -289,6 +289,14 @@ def load(cls: Backtest, folder: str | Path) -> Backtest:
     return cls(pd.read_parquet(folder / "forecasts.parquet"), folds[[c for c in folds.columns if not c.endswith("_rel_mae")]], info)
 
 # %% ../nbs/32_backtest.ipynb #978d3180
+def _plot_rel(df: pd.DataFrame, title: str, far: float = 1.5):
+    "Ratios to naive by fold or horizon, scaled to the forecasters near 1 (those far above it are named, not drawn)."
+    import matplotlib.pyplot as plt
+    near = [c for c in df.columns if df[c].max() < far] or list(df.columns); off = [c.removesuffix("_rel_mae") for c in df.columns if c not in near]
+    fig, ax = plt.subplots(figsize=(10, 3.2)); df[near].plot(ax=ax, marker="o"); ax.axhline(1, color="k", lw=0.8)
+    ax.set_xticks(df.index); ax.set_title(title + (f"\n(off the scale, above {far}: {', '.join(off)})" if off else ""), fontsize=10)
+    return fig
+
 def plot_backtest(bt: Backtest, step: int = 1, last: int = 250) -> dict:
     "Figures of a backtest: forecasts `step` bars ahead against actual with every baseline, rel_mae per fold, rel_mae per horizon."
     import matplotlib.pyplot as plt
@@ -296,13 +304,11 @@ def plot_backtest(bt: Backtest, step: int = 1, last: int = 250) -> dict:
     g = fr[fr["horizon"] == step].sort_values("origin").tail(last); figs = {}
     fig, ax = plt.subplots(figsize=(10, 3.6)); ax.plot(g["target_time"], g["actual"], color="k", lw=1.2, label="actual")
     for i, m in enumerate(names): ax.plot(g["target_time"], g[m], lw=1.4 if m == "model" else 0.8, ls="-" if m == "model" else "--", label=m, color=f"C{i}")
-    for t in bt.folds["test_start"]: ax.axvline(pd.Timestamp(t), color="grey", lw=0.5, ls=":")
+    for t in map(pd.Timestamp, bt.folds["test_start"]):
+        if len(g) and t >= g["target_time"].min(): ax.axvline(t, color="grey", lw=0.5, ls=":")   # only fold starts inside the plotted span
     ax.set_title(f"{title}: {step} step(s) ahead, last {len(g)} origins (dotted: fold starts)"); ax.legend(fontsize=7, ncol=3); figs["backtest_forecast"] = fig
-    bf = bt.by_fold().set_index("fold")[[f"{m}_rel_mae" for m in names if m != "naive"]]
-    fig, ax = plt.subplots(figsize=(10, 3.2)); bf.plot(ax=ax, marker="o"); ax.axhline(1, color="k", lw=0.8)
-    ax.set_title(f"{title}: MAE / naive MAE per fold (below 1: better than naive)"); figs["backtest_folds"] = fig
-    bh = bt.by_horizon()[[f"{m}_rel_mae" for m in names if m != "naive"]]
-    fig, ax = plt.subplots(figsize=(10, 3.2)); bh.plot(ax=ax, marker="o"); ax.axhline(1, color="k", lw=0.8)
-    ax.set_title(f"{title}: MAE / naive MAE per horizon"); figs["backtest_horizon"] = fig
+    cols = [f"{m}_rel_mae" for m in names if m != "naive"]
+    figs["backtest_folds"] = _plot_rel(bt.by_fold().set_index("fold")[cols], f"{title}: MAE / naive MAE per fold (below 1: better than naive)")
+    figs["backtest_horizon"] = _plot_rel(bt.by_horizon()[cols], f"{title}: MAE / naive MAE per horizon")
     for f in figs.values(): f.tight_layout()
     return figs
