@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/backtest.html.md"""
 
 # %% ../nbs/32_backtest.ipynb #fba835c6
 from __future__ import annotations
-import json, time
+import contextlib, json, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -26,8 +26,8 @@ from .training import forecast_windows, prepare_windows, train_adapter
 
 # %% auto #0
 __all__ = ['BASELINES', 'season_length', 'ARBaseline', 'select_ar', 'baseline_forecasts', 'BacktestError', 'plan_folds',
-           'FoldModel', 'fit_fold', 'forecast_fold', 'forecasters', 'backtest', 'backtest_summary', 'versus_baselines',
-           'errors_by_horizon', 'Backtest', 'plot_backtest']
+           'FoldModel', 'fit_fold', 'forecast_fold', 'forecasters', 'pool_threads', 'worker_pool', 'backtest',
+           'backtest_summary', 'versus_baselines', 'errors_by_horizon', 'Backtest', 'plot_backtest']
 
 # %% ../nbs/32_backtest.ipynb #03b285ec
 def season_length(index: pd.DatetimeIndex) -> int | None:
@@ -170,21 +170,19 @@ def forecasters(forecasts: pd.DataFrame) -> list[str]:
     return [c for c in ("model", *BASELINES) if c in forecasts.columns]
 
 # %% ../nbs/32_backtest.ipynb #71673ddc
-def backtest(bars: pd.DataFrame, model_type: str = "patchtst", config: ModelConfig | dict | None = None,
-             folds: int = 8, mode: Literal["expanding", "sliding"] = "expanding", embargo: int = 0, # bars left out between training and test
-             refit_every: int = 1, warm_start: bool = False, # refit every k folds; start a refit from the last fold's weights
-             test_size: int | None = None, train_size: int | None = None, val_fraction: float = 0.15,
-             timeframe=None, symbol: str = "", make_features: Callable = BasicFeatureEngineering, max_ar_order: int = 5,
-             device=None, callbacks=(), progress: bool = True, level: float = 0.95, reps: int = 1000, seed: int = 0) -> Backtest:
-    "A rolling-origin backtest of `model_type` on `bars` beside the baselines, with intervals and significance tests."
-    config = config if isinstance(config, ModelConfig) else ModelConfig.from_overrides(dict(config or {}))
-    mt = ModelType.parse(model_type).value
-    if not isinstance(refit_every, int) or refit_every < 1: raise BacktestError(f"refit_every={refit_every!r} is invalid: must be a whole number >= 1")
-    validate_ohlcv(bars, timeframe, strict=True, name=f"{symbol} {getattr(timeframe, 'value', timeframe) or ''}".strip() or "bars")
-    plan = plan_folds(len(bars), config, make_features().warmup, folds, mode, embargo, test_size, train_size, val_fraction)
+def _fold_groups(plan: list[Fold], refit_every: int, warm_start: bool) -> list[list[Fold]]:
+    "Folds that share a model run together: a refit and the folds that reuse it (every fold in one chain with `warm_start`)."
+    return [plan] if warm_start else [plan[i:i + refit_every] for i in range(0, len(plan), refit_every)]
+
+def _run_group(bars: pd.DataFrame, group: list[Fold], mt: str, config: ModelConfig, make_features: Callable, val_fraction: float,
+               refit_every: int, warm_start: bool, max_ar_order: int, device=None, callbacks=(), keep_models: bool = False,
+               threads: int | None = None, bar=None) -> tuple[list, list, dict]:
+    "Fit and forecast a chain of folds here (or on a Dask worker): their tidy forecasts, fold rows and (kept) fold models."
+    if threads:
+        import torch; torch.set_num_threads(threads)
     close, season, h = bars["close"].to_numpy("float64"), season_length(bars.index), config.prediction_length
-    parts, rows, fm = [], [], None
-    for f in tqdm(plan, desc=f"backtest {mt} {symbol}".strip(), disable=not progress):
+    parts, rows, models, fm = [], [], {}, None
+    for f in group:
         refit = fm is None or f.k % refit_every == 0
         if refit: fm = fit_fold(bars, f, mt, config, make_features, val_fraction, fm if warm_start else None, device, callbacks)
         out = forecast_fold(fm, bars, f)
@@ -194,9 +192,77 @@ def backtest(bars: pd.DataFrame, model_type: str = "patchtst", config: ModelConf
         rows.append({"fold": f.k, "train_start": bars.index[f.train.start], "train_end": bars.index[f.train.stop - 1], "test_start": bars.index[f.test.start],
                      "test_end": bars.index[f.test.stop - 1], "origins": len(out["pos"]), "refit": refit, "epochs": fm.epochs if refit else 0,
                      "train_seconds": round(fm.seconds, 2) if refit else 0.0, "ar_order": ar.order})
+        if keep_models: models[f.k] = fm
+        if bar is not None: bar.update()
+    return parts, rows, models
+
+# %% ../nbs/32_backtest.ipynb #e0507d5d
+def _warm(threads: int | None, modules: tuple[str, ...] = ()) -> str:
+    "Import what folds (and `modules`) need in a worker process, and give it its torch threads."
+    import importlib, torch
+    for m in ("finsight.backtest", *modules): importlib.import_module(m)
+    if threads: torch.set_num_threads(threads)
+    return f"{os.getpid()}: {torch.get_num_threads()} torch threads"
+
+def pool_threads(workers: int, scheduler_address: str | None = None) -> int | None:
+    "Torch threads per task of `worker_pool(workers, scheduler_address)`: this machine's cores shared out (None on a scheduler's workers: theirs)."
+    return None if scheduler_address else max(1, len(os.sched_getaffinity(0)) // workers)
+
+@contextlib.contextmanager
+def worker_pool(workers: int = 1, # worker processes of an in-process Dask cluster (1 and no scheduler: no cluster, the work runs here)
+                scheduler_address: str | None = None, # an existing Dask scheduler, whose workers have finsight installed
+                warm: tuple[str, ...] = (), # modules every worker imports before its first task
+                connect_timeout: float = 30.0): # seconds to wait for the scheduler
+    "A Dask client of warm worker processes for folds or trials, or None when the work runs in this process."
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1: raise BacktestError(f"workers={workers!r} is invalid: must be a whole number >= 1")
+    if workers == 1 and not scheduler_address: yield None; return
+    import dask, logging
+    from distributed import Client, LocalCluster
+    cluster = None
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):   # a task whose worker dies fails: it is not rerun on the next worker
+        if scheduler_address:
+            try: client = Client(scheduler_address, timeout=connect_timeout, set_as_default=False)
+            except Exception as e: raise BacktestError(f"the Dask scheduler at {scheduler_address!r} cannot be reached: {type(e).__name__}: {e}") from None
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster, set_as_default=False)
+    try:
+        client.run(_warm, pool_threads(workers, scheduler_address), tuple(warm)); yield client
+    finally:
+        client.close()
+        if cluster is not None: cluster.close()
+
+# %% ../nbs/32_backtest.ipynb #116634f8
+def backtest(bars: pd.DataFrame, model_type: str = "patchtst", config: ModelConfig | dict | None = None,
+             folds: int = 8, mode: Literal["expanding", "sliding"] = "expanding", embargo: int = 0, # bars left out between training and test
+             refit_every: int = 1, warm_start: bool = False, # refit every k folds; start a refit from the last fold's weights
+             test_size: int | None = None, train_size: int | None = None, val_fraction: float = 0.15,
+             timeframe=None, symbol: str = "", make_features: Callable = BasicFeatureEngineering, max_ar_order: int = 5,
+             device=None, callbacks=(), # trainer callbacks (in this process only: not sent to workers)
+             progress: bool = True, level: float = 0.95, reps: int = 1000, seed: int = 0,
+             workers: int = 1, scheduler_address: str | None = None, # folds that share no model run at once on Dask workers
+             keep_models: bool = False) -> Backtest: # keep each fold's fitted model in `Backtest.models` (not saved)
+    "A rolling-origin backtest of `model_type` on `bars` beside the baselines, with intervals and significance tests."
+    config = config if isinstance(config, ModelConfig) else ModelConfig.from_overrides(dict(config or {}))
+    mt = ModelType.parse(model_type).value
+    if not isinstance(refit_every, int) or refit_every < 1: raise BacktestError(f"refit_every={refit_every!r} is invalid: must be a whole number >= 1")
+    validate_ohlcv(bars, timeframe, strict=True, name=f"{symbol} {getattr(timeframe, 'value', timeframe) or ''}".strip() or "bars")
+    plan = plan_folds(len(bars), config, make_features().warmup, folds, mode, embargo, test_size, train_size, val_fraction)
+    groups, kw = _fold_groups(plan, refit_every, warm_start), dict(refit_every=refit_every, warm_start=warm_start, max_ar_order=max_ar_order, device=device, keep_models=keep_models)
+    with worker_pool(workers if len(groups) > 1 else 1, scheduler_address if len(groups) > 1 else None) as client, \
+         tqdm(total=len(plan), desc=f"backtest {mt} {symbol}".strip(), disable=not progress) as bar:
+        if client is None: done = [_run_group(bars, g, mt, config, make_features, val_fraction, callbacks=callbacks, bar=bar, **kw) for g in groups]
+        else:
+            from distributed import as_completed
+            b, t = client.scatter(bars, broadcast=True), pool_threads(workers, scheduler_address)
+            futs = [client.submit(_run_group, b, g, mt, config, make_features, val_fraction, threads=t, pure=False, **kw) for g in groups]
+            size = {f.key: len(g) for f, g in zip(futs, groups)}
+            for f in as_completed(futs, loop=client.loop): bar.update(size[f.key])
+            done = client.gather(futs)
+    parts, rows, models = [p for d in done for p in d[0]], [r for d in done for r in d[1]], {k: m for d in done for k, m in d[2].items()}
     info = {"symbol": symbol, "timeframe": getattr(timeframe, "value", timeframe) or "", "model_type": mt, "config": config.to_dict(), "folds": folds,
-            "mode": mode, "embargo": embargo, "refit_every": refit_every, "warm_start": warm_start, "season": season, "level": level, "reps": reps, "seed": seed}
-    return Backtest(pd.concat(parts, ignore_index=True), pd.DataFrame(rows), info)
+            "mode": mode, "embargo": embargo, "refit_every": refit_every, "warm_start": warm_start, "season": season_length(bars.index), "level": level, "reps": reps, "seed": seed}
+    return Backtest(pd.concat(parts, ignore_index=True), pd.DataFrame(rows), info, models)
 
 # %% ../nbs/32_backtest.ipynb #993459cd
 def _per_origin(fr: pd.DataFrame, name: str, scaled: bool = False) -> np.ndarray:
@@ -243,6 +309,7 @@ class Backtest:
     forecasts: pd.DataFrame
     folds: pd.DataFrame
     info: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict, repr=False)   # fold -> FoldModel, when the backtest kept them (never saved)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def _cached(self, key: str, make: Callable):

@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--trials", type=int, default=20); tu.add_argument("--timeout", default=None, help="stop starting trials after this long: seconds, 30m, 2h")
     tu.add_argument("--space", default=None, help="a YAML or JSON search space (default: the model's own)"); tu.add_argument("--folds", type=int, default=4)
     tu.add_argument("--study-name", default=None, help="the same name resumes the study"); tu.add_argument("--storage", default=None, help="an Optuna RDB URL (default: runs/optuna.db)")
+    for q, what in ((bt, "folds"), (tu, "trials")):
+        q.add_argument("--workers", type=int, default=None, help=f"{what} at once, each in a warm Dask worker process (default: 1, in this process)")
+        q.add_argument("--scheduler", default=None, help=f"run the {what} on the workers of this Dask scheduler instead")
     sub.add_parser("tasks", help="the registered tasks, their models and templates")
     sub.add_parser("info", help="the machine as the workbench sees it: CPU, GPUs, threads, versions, precision plan, folders").add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="the job store").add_subparsers(dest="jobs_cmd", required=True)
@@ -168,7 +171,8 @@ def _train(args) -> dict:
     "`finsight train`: one job of the task `--task` in this process; its summary."
     task = get_task(args.task); fields = task.params_model.model_fields
     given = {"timeframe": args.timeframe, "data_source": args.source} if "timeframe" in fields else {}
-    given |= {k: getattr(args, k) for k in ("folds", "mode", "embargo", "refit_every", "warm_start", "trials", "timeout", "space", "study_name", "storage") if hasattr(args, k)}
+    given |= {k: getattr(args, k) for k in ("folds", "mode", "embargo", "refit_every", "warm_start", "trials", "timeout", "space", "study_name", "storage", "workers") if hasattr(args, k)}
+    if getattr(args, "scheduler", None) and "scheduler_address" in fields: given["scheduler_address"] = args.scheduler
     s = task.run(symbol=args.symbol, model_type=args.model, config=_kv(args.set), **{k: v for k, v in given.items() if v is not None and k in fields}, **_kv(args.param, "--param"))
     return s.to_dict()
 

@@ -78,7 +78,7 @@ def register_run_model(run_id: str, name: str | None = None, tracker: MLflowExpe
     if not name: raise TrackingError(f"run {run_id} has no finsight.registered_name tag: pass name=registered_name(symbol, timeframe, model_type)")
     if artifact_path not in {f.path for f in c.list_artifacts(run_id)}: raise TrackingError(f"run {run_id} has no {artifact_path}/ artifact to register")
     with contextlib.suppress(Exception): c.create_registered_model(name, tags={"finsight.kind": "forecaster"})
-    vtags = {k: str(v) for k, v in run["metrics"].items() if k in ("val_rel_mae", "test_rel_mae", "val_mase", "test_mase", "val_skill", "test_skill")}
+    vtags = {k: str(v) for k, v in run["metrics"].items() if k in ("val_rel_mae", "test_rel_mae", "val_mase", "test_mase", "val_skill", "test_skill", "holdout_rel_mae", "holdout_dm_p_naive")}
     mv = c.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=vtags, await_creation_for=0)
     return {"name": name, "version": str(mv.version), "run_id": run_id, "source": mv.source}
 

@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/tasks.html.md"""
 
 # %% ../nbs/45_tasks.ipynb #7f77b373
 from __future__ import annotations
-import json, re, time
+import json, re, time, warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
@@ -23,8 +23,9 @@ from .models import ModelConfig, ModelFactory, ModelType
 from .text_models import SentimentAdapter, SentimentConfig
 from .training import ModelTrainingFacade
 from .export import ExportResult, export_model, parse_formats
-from .tracking import IExperimentTracker, check_tracking_uri, get_tracker
+from .tracking import IExperimentTracker, MLflowExperimentTracker, TrackingError, check_tracking_uri, get_tracker
 from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_plots
+from .registry import register_run_model, registered_name, save_model_dir
 from .backtest import Backtest, backtest, plot_backtest
 from .tune import TuneResult, plot_study, tune
 from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_table, train_sentiment, write_sentiment_run
@@ -340,6 +341,8 @@ class BacktestParams(ForecastParams):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)  # the tail of each fold's training part that early-stops it
     level: float = Field(0.95, gt=0.5, lt=1)  # confidence level of the intervals and the tests
     bootstrap_reps: int = Field(1000, ge=10, le=100_000)
+    workers: int = Field(1, ge=1, le=256)  # Dask worker processes running folds (tune: trials) at once; 1: in the job's own process
+    scheduler_address: str = ""  # an existing Dask scheduler to run them on instead (it needs free slots besides the job's own)
 
 class BacktestTask(ForecastTask):
     "A rolling-origin backtest of a forecaster beside naive, drift, seasonal naive and AR baselines, with intervals and Diebold–Mariano tests."
@@ -357,7 +360,8 @@ class BacktestTask(ForecastTask):
 def train(self: BacktestTask, p: BacktestParams, bars: pd.DataFrame, callbacks=(), progress: bool = True) -> Backtest:
     "Backtest the job's model on the bars (every fold fitted on its own past)."
     return backtest(bars, p.model_type, self.config(p), p.folds, p.mode, p.embargo, p.refit_every, p.warm_start, p.test_size, p.train_size, p.val_fraction,
-                    timeframe=p.timeframe, symbol=p.symbol, device=_device(p), callbacks=callbacks, progress=progress, level=p.level, reps=p.bootstrap_reps)
+                    timeframe=p.timeframe, symbol=p.symbol, device=_device(p), callbacks=callbacks, progress=progress, level=p.level, reps=p.bootstrap_reps,
+                    workers=p.workers, scheduler_address=p.scheduler_address or None)
 
 @patch
 def metrics_of(self: BacktestTask, outcome: Backtest) -> dict: return outcome.metrics()
@@ -437,7 +441,8 @@ def train(self: TuneTask, p: TuneParams, bars: pd.DataFrame, callbacks=(), progr
     space = (_project_path(p.space) if isinstance(p.space, str) else p.space) or None
     return tune(bars, p.model_type, self.config(p), p.trials, p.timeout, space, p.folds, p.holdout, p.study_name or None, p.storage or None,
                 seed=p.seed or 0, symbol=p.symbol, timeframe=p.timeframe, progress=progress, mode=p.mode, embargo=p.embargo, refit_every=p.refit_every,
-                warm_start=p.warm_start, test_size=p.test_size, train_size=p.train_size, val_fraction=p.val_fraction, device=_device(p), level=p.level)
+                warm_start=p.warm_start, test_size=p.test_size, train_size=p.train_size, val_fraction=p.val_fraction, device=_device(p), level=p.level,
+                workers=p.workers, scheduler_address=p.scheduler_address or None)
 
 @patch
 def metrics_of(self: TuneTask, outcome: TuneResult) -> dict: return outcome.metrics() | {"best_params": json.dumps(outcome.study.best_params)}
@@ -445,9 +450,10 @@ def metrics_of(self: TuneTask, outcome: TuneResult) -> dict: return outcome.metr
 def metrics_table(self: TuneTask, outcome: TuneResult) -> pd.DataFrame: return outcome.trials()
 @patch
 def save_outputs(self: TuneTask, p: TuneParams, outcome: TuneResult, folder: Path) -> dict[str, Path]:
-    "The trials table, the held-out backtest (its own folder) and the plots; the plots' paths."
-    import matplotlib.pyplot as plt
+    "The trials table, the held-out backtest (its own folder), the winner's model (an MLflow pyfunc folder) and the plots; the plots' paths."
+    import matplotlib.pyplot as plt, shutil
     folder.mkdir(parents=True, exist_ok=True); outcome.trials().to_csv(folder / "trials.csv", index=False); outcome.holdout.save(folder / "holdout")
+    shutil.rmtree(folder / "model", ignore_errors=True); save_model_dir(outcome.best_model(), folder / "model")   # this job's own folder: its last attempt wins
     figs = plot_study(outcome) | {"backtest_forecast": plot_backtest(outcome.holdout)["backtest_forecast"]}; paths = {}
     for k, fig in figs.items(): fig.savefig(paths.setdefault(k, folder / f"{k}.png"), dpi=80); plt.close(fig)
     return paths
@@ -455,11 +461,12 @@ def save_outputs(self: TuneTask, p: TuneParams, outcome: TuneResult, folder: Pat
 # %% ../nbs/45_tasks.ipynb #89e39188
 @patch
 def record(self: TuneTask, p: TuneParams, outcome: TuneResult, bars=None, exported=None) -> str | None:
-    "One parent run for the study (best configuration, held-out metrics, trials table, plots) and a child run per trial."
+    "One parent run for the study (best configuration, held-out metrics, trials table, plots, the winner's model, registered) and a child run per trial."
     if not p.track: return None
     tracker, folder, m = self.tracker(p), self.output_folder(p), outcome.metrics()
     tags = self.tags(p) | {"finsight.kind": "tune", "finsight.symbol": p.symbol, "finsight.timeframe": p.timeframe, "finsight.model_type": p.model_type,
-                           "finsight.study": outcome.info["study_name"], "finsight.study_storage": outcome.info["storage"]}
+                           "finsight.study": outcome.info["study_name"], "finsight.study_storage": outcome.info["storage"],
+                           "finsight.registered_name": registered_name(p.symbol, p.timeframe, p.model_type)}
     with tracker.run(self.job_name(p), tags) as rid:
         tracker.log_params_sync({k: v for k, v in p.to_dict().items() if k != "space"} | {f"best.{k}": v for k, v in outcome.study.best_params.items()}
                                 | {"space": json.dumps({k: repr(d) for k, d in outcome.study.user_attrs["signature"]["space"].items()})})
@@ -467,11 +474,15 @@ def record(self: TuneTask, p: TuneParams, outcome: TuneResult, bars=None, export
         for f in [folder / "trials.csv", *sorted(folder.glob("tune_*.png")), folder / "backtest_forecast.png"]:
             if f.is_file(): tracker.log_artifact_sync(f, None, rid)
         tracker.log_artifact_sync(folder / "holdout", "holdout", rid)
+        if (folder / "model").is_dir(): tracker.log_artifact_sync(folder / "model", "model", rid)
         for t in outcome.study.trials:
             with tracker.run(f"{self.job_name(p)} trial {t.number}", tags | {"finsight.kind": "tune_trial", "finsight.trial_state": t.state.name,
                                                                           **({"finsight.error": t.user_attrs["error"]} if "error" in t.user_attrs else {})}, nested=True):
                 tracker.log_params_sync(t.params | {"trial": t.number})
                 if t.value is not None and t.state.name == "COMPLETE": tracker.log_metrics_sync({"cv_rel_mae": t.value})
+    if isinstance(tracker, MLflowExperimentTracker) and not tracker.local_id(rid) and (folder / "model").is_dir():
+        try: register_run_model(rid, tracker=tracker)   # a new version of finsight-<symbol>-<timeframe>-<model>, tagged with its held-out rel_mae
+        except TrackingError as e: warnings.warn(f"study run {rid} is recorded, but its winner was not registered: {e}")
     return rid
 
 register_task(TuneTask)

@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/tune.html.md"""
 
 # %% ../nbs/33_tune.ipynb #a05ec045
 from __future__ import annotations
-import json
+import json, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -14,8 +14,10 @@ import optuna
 import pandas as pd
 from .settings import ConfigError, FinsightError, get_settings, redact
 from .models import ModelConfig, ModelFactory, ModelType
+from .training import TrainedModel
 from .features import BasicFeatureEngineering
-from .backtest import Backtest, backtest, plan_folds
+from tqdm.auto import tqdm
+from .backtest import Backtest, backtest, plan_folds, pool_threads, worker_pool
 
 # %% auto #0
 __all__ = ['TuneError', 'search_space', 'TuneResult', 'tune', 'plot_study']
@@ -64,25 +66,58 @@ def _rel_mae(bt: Backtest) -> float:
     "Model MAE over naive MAE over every origin and horizon of a backtest."
     fr = bt.forecasts; return float((fr["model"] - fr["actual"]).abs().mean() / (fr["naive"] - fr["actual"]).abs().mean())
 
-def _suggest(trial: optuna.Trial, name: str, d: optuna.distributions.BaseDistribution):
-    if isinstance(d, optuna.distributions.CategoricalDistribution): return trial.suggest_categorical(name, d.choices)
-    if isinstance(d, optuna.distributions.IntDistribution): return trial.suggest_int(name, d.low, d.high, log=d.log)
-    return trial.suggest_float(name, d.low, d.high, log=d.log)
+def _pruner(warmup_steps: int) -> optuna.pruners.BasePruner: return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_steps)
 
-def _objective(bars: pd.DataFrame, model_type: str, base: ModelConfig, dists: dict, bt_kw: dict):
-    "A trial: sample a config, backtest it on the search bars (pruned on each epoch's validation loss), score its rel_mae."
-    def objective(trial: optuna.Trial) -> float:
-        params = {k: _suggest(trial, k, d) for k, d in dists.items()}
-        def report(u):   # after each epoch of each fold: step = fold * epochs + epoch
-            if u.validation_loss is None: return
-            trial.report(u.validation_loss, int(u.job_id.split()[-1]) * u.total_epochs + u.current_epoch)
-            if trial.should_prune(): raise optuna.TrialPruned()
-        try: bt = backtest(bars, model_type, ModelConfig.from_overrides(params, base), callbacks=[report], progress=False, reps=10, **bt_kw)
-        except optuna.TrialPruned: raise
-        except Exception as e: trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000]); raise
-        trial.set_user_attr("folds", bt.by_fold()[["fold", "model_rel_mae", "ar_rel_mae", "epochs"]].to_dict("records"))
-        return _rel_mae(bt)
-    return objective
+def _run_trial(trial: optuna.Trial, params: dict, bars: pd.DataFrame, model_type: str, base: ModelConfig, bt_kw: dict) -> dict:
+    "Backtest one sampled configuration, reporting each epoch's validation loss (step = fold x epochs + epoch) to the pruner; its outcome, never an exception."
+    def report(u):
+        if u.validation_loss is None: return
+        trial.report(u.validation_loss, int(u.job_id.split()[-1]) * u.total_epochs + u.current_epoch)
+        if trial.should_prune(): raise optuna.TrialPruned()
+    try: bt = backtest(bars, model_type, ModelConfig.from_overrides(params, base), callbacks=[report], progress=False, reps=10, **bt_kw)
+    except optuna.TrialPruned: return {"state": "PRUNED"}
+    except Exception as e: return {"state": "FAIL", "error": f"{type(e).__name__}: {e}"[:1000]}
+    return {"state": "COMPLETE", "value": _rel_mae(bt), "folds": bt.by_fold()[["fold", "model_rel_mae", "ar_rel_mae", "epochs"]].to_dict("records")}
+
+def _remote_trial(storage: str, study_name: str, warmup_steps: int, trial_id: int, params: dict, bars: pd.DataFrame, model_type: str,
+                  base: ModelConfig, bt_kw: dict, threads: int | None = None) -> dict:
+    "`_run_trial` on a Dask worker: the study reopened from its storage, so that the pruner sees every worker's trials."
+    if threads:
+        import torch; torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=storage, pruner=_pruner(warmup_steps))
+    return _run_trial(optuna.trial.Trial(study, trial_id), params, bars, model_type, base, bt_kw)
+
+def _tell(study: optuna.Study, trial: optuna.Trial, out: dict) -> None:
+    "Record a trial's outcome in the study."
+    S = optuna.trial.TrialState
+    if out["state"] == "COMPLETE": trial.set_user_attr("folds", out["folds"]); study.tell(trial, out["value"])
+    elif out["state"] == "PRUNED": study.tell(trial, state=S.PRUNED)
+    else: trial.set_user_attr("error", out["error"]); study.tell(trial, state=S.FAIL)
+
+def _search(study: optuna.Study, dists: dict, trials: int, timeout: float | None, run, submit=None, slots: int = 1, progress: bool = True) -> None:
+    "Ask for `trials` trials (none after `timeout` seconds) and tell their outcomes: run here one after another, or `submit`ted to workers, `slots` at once."
+    t_end, pending, started = time.time() + (timeout or float("inf")), {}, 0
+    bar = tqdm(total=trials, desc=f"tune {study.study_name}", disable=not progress)
+    try:
+        while True:
+            while started < trials and time.time() < t_end and len(pending) < slots:
+                trial, started = study.ask(dists), started + 1
+                if submit is None: pending[None] = trial; _tell(study, trial, run(trial)); pending.clear(); bar.update()
+                else: pending[submit(trial)] = trial
+            if not pending: break
+            done = [f for f in pending if f.done()]
+            if not done: time.sleep(0.05); continue
+            for f in done:
+                trial = pending.pop(f)
+                try: out = f.result()
+                except Exception as e: out = {"state": "FAIL", "error": f"its worker failed: {type(e).__name__}: {e}"[:1000]}   # a worker process that died
+                _tell(study, trial, out); bar.update()
+    finally:   # interrupted: the trials in flight are recorded as failed, not left running in the storage
+        for f, trial in pending.items():
+            if f is not None: f.cancel()
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        bar.close()
 
 # %% ../nbs/33_tune.ipynb #9db83815
 @dataclass
@@ -97,6 +132,12 @@ class TuneResult:
         "One row per trial of this study: number, state, rel_mae over the search folds, parameters, error."
         return self.study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration")).drop(columns=["user_attrs_folds"], errors="ignore")
 
+    def best_model(self) -> TrainedModel:
+        "The winner as a servable model: the best configuration trained on every bar before the held-out block (the model the held-out metrics judge)."
+        fm = next(iter(self.holdout.models.values()), None)
+        if fm is None: raise TuneError("this result has no trained model (a tune result read back from disk keeps only its forecasts)")
+        return TrainedModel(fm.adapter, fm.features, fm.target, self.info.get("symbol", ""), self.info.get("timeframe", ""), self.metrics())
+
     def metrics(self) -> dict:
         "Flat numbers: the search's best rel_mae, the held-out backtest's rel_mae with its interval and p-value, trial counts."
         st = [t.state.name for t in self.study.trials]; h = self.holdout.metrics()
@@ -107,8 +148,8 @@ class TuneResult:
 # %% ../nbs/33_tune.ipynb #f2c99d6a
 def _open_study(study_name: str, storage: str, signature: dict, seed: int, warmup_steps: int) -> optuna.Study:
     "Create or resume a study; `TuneError` when it cannot be opened or was created for another objective or search space."
-    try: study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="minimize",
-                                     sampler=optuna.samplers.TPESampler(seed=seed), pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_steps))
+    try: study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="minimize", pruner=_pruner(warmup_steps),
+                                     sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True))   # the liar keeps parallel trials apart
     except Exception as e: raise TuneError(f"study storage {redact(storage)!r} cannot be opened: {redact(e)}") from None
     old = study.user_attrs.get("signature")
     if old is not None and old != signature:
@@ -122,11 +163,14 @@ def tune(bars: pd.DataFrame, model_type: str = "patchtst", config: ModelConfig |
          trials: int = 20, timeout: float | None = None, # stop after this many trials, or seconds
          space: dict | str | Path | None = None, folds: int = 4, holdout: int | None = None, # bars of the held-out last block (default: a sixth of the bars)
          study_name: str | None = None, storage: str | None = None, # default: <runs>/optuna.db (SQLite); any Optuna RDB URL
-         seed: int = 0, symbol: str = "", timeframe=None, progress: bool = True, **backtest_kw) -> TuneResult:
+         seed: int = 0, symbol: str = "", timeframe=None, progress: bool = True,
+         workers: int = 1, scheduler_address: str | None = None, # trials at once on Dask workers (`worker_pool`)
+         **backtest_kw) -> TuneResult:
     "Search `model_type`'s configuration on all but the last block of `bars`, then backtest the best once on that block."
     base = config if isinstance(config, ModelConfig) else ModelConfig.from_overrides(dict(config or {}))
     mt = ModelType.parse(model_type).value
     if not isinstance(trials, int) or trials < 1: raise TuneError(f"trials={trials!r} is invalid: must be a whole number >= 1")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1: raise TuneError(f"workers={workers!r} is invalid: must be a whole number >= 1")
     if timeout is not None and timeout <= 0: raise TuneError(f"timeout={timeout!r} is invalid: must be > 0 seconds")
     dists = search_space(mt, space, base)
     holdout = holdout or len(bars) // 6
@@ -137,15 +181,23 @@ def tune(bars: pd.DataFrame, model_type: str = "patchtst", config: ModelConfig |
     signature = {"objective": f"mean rel_mae over {folds} walk-forward folds", "model_type": mt, "symbol": symbol, "timeframe": tf, "holdout": holdout,
                  "space": {k: repr(d) for k, d in dists.items()}, "base": base.to_dict() | {"seed": None}}
     storage = storage or f"sqlite:///{get_settings().path('runs_dir') / 'optuna.db'}"
+    if (workers > 1 or scheduler_address) and (storage in ("sqlite://", "sqlite:///:memory:") or ":memory:" in storage):
+        raise TuneError(f"storage={storage!r} lives in this process's memory: trials on workers need a file or a database server (the default, runs/optuna.db, is one)")
     study_name = study_name or f"{symbol or 'bars'}_{tf or 'tf'}_{mt}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(study_name, storage, signature, seed, base.num_epochs)
-    study.optimize(_objective(search, mt, base, dists, {"folds": folds, "timeframe": timeframe, "symbol": symbol} | backtest_kw),
-                   n_trials=trials, timeout=timeout, catch=(Exception,), show_progress_bar=progress)
+    bt_kw = {"folds": folds, "timeframe": timeframe, "symbol": symbol} | backtest_kw
+    with worker_pool(workers, scheduler_address, warm=("finsight.tune",)) as client:
+        if client is None: _search(study, dists, trials, timeout, lambda t: _run_trial(t, t.params, search, mt, base, bt_kw), progress=progress)
+        else:
+            b, th, slots = client.scatter(search, broadcast=True), pool_threads(workers, scheduler_address), sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+            submit = lambda t: client.submit(_remote_trial, storage, study_name, base.num_epochs, t._trial_id, t.params, b, mt, base, bt_kw, th, pure=False)
+            _search(study, dists, trials, timeout, None, submit, max(1, slots), progress)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done: raise TuneError(f"no trial of study {study_name!r} completed; errors: {sorted({t.user_attrs.get('error', t.state.name) for t in study.trials})[:3]}")
     best = ModelConfig.from_overrides(study.best_params, base)
-    final = backtest(bars, mt, best, folds=1, test_size=holdout, timeframe=timeframe, symbol=symbol, progress=False, **{k: v for k, v in backtest_kw.items() if k != "test_size"})
+    final = backtest(bars, mt, best, folds=1, test_size=holdout, timeframe=timeframe, symbol=symbol, progress=False, keep_models=True,
+                     **{k: v for k, v in backtest_kw.items() if k != "test_size"})
     return TuneResult(study, best, final, {"study_name": study_name, "storage": redact(storage), "holdout": holdout, "folds": folds, "model_type": mt, "symbol": symbol, "timeframe": tf})
 
 # %% ../nbs/33_tune.ipynb #b8285f2d

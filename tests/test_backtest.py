@@ -38,3 +38,19 @@ def test_a_forecast_never_changes_when_later_bars_change(mode, refit_every, warm
     for c in ("model", "naive", "drift", "seasonal_naive", "ar", "last", "scale"):
         np.testing.assert_array_equal(a.loc[keep, c].to_numpy(), b.loc[keep, c].to_numpy(), err_msg=c)
     assert not np.allclose(a.loc[~keep, "model"].to_numpy(), b.loc[~keep, "model"].to_numpy())   # later origins do see the change
+
+
+def test_folds_on_two_worker_processes_give_the_forecasts_of_one_process():
+    """The folds that share no model run on the workers of a Dask scheduler (here a 2-process cluster started by the
+    test, as `finsight` jobs would use): the same forecasts, folds and kept models as in process."""
+    from distributed import LocalCluster
+    bars = ohlcv_from_returns(ar1_returns(1500, phi=0.3, seed=4))
+    kw = dict(folds=4, refit_every=2, progress=False, reps=50)
+    cfg = ModelConfig(**(LIN | {"num_epochs": 3}))
+    a = backtest(bars, "dlinear", cfg, **kw)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        b = backtest(bars, "dlinear", cfg, scheduler_address=cluster.scheduler_address, keep_models=True, **kw)
+    np.testing.assert_allclose(b.forecasts["model"], a.forecasts["model"], rtol=1e-5)
+    assert b.forecasts.drop(columns="model").equals(a.forecasts.drop(columns="model"))
+    assert b.folds["refit"].tolist() == [True, False, True, False] and sorted(b.models) == [0, 1, 2, 3]
+    assert b.models[0] is b.models[1] and b.models[2] is not b.models[0]           # the folds between refits reuse the model
