@@ -19,6 +19,7 @@ from .data.splits import Fold, walk_forward_folds
 from .data.validation import validate_ohlcv
 from .data.windows import WindowDataset
 from .features import BasicFeatureEngineering
+from .hardware import dask_worker_config
 from .models import ModelConfig, ModelFactory, ModelType
 from .metrics import always_up_rate, directional_accuracy, naive_scale
 from .significance import block_bootstrap_ci, diebold_mariano, mae_ratio, significance_table
@@ -219,7 +220,7 @@ def worker_pool(workers: int = 1, # worker processes of an in-process Dask clust
     import dask, logging
     from distributed import Client, LocalCluster
     cluster = None
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):   # a task whose worker dies fails: it is not rerun on the next worker
+    with dask.config.set(dask_worker_config() | {"distributed.scheduler.allowed-failures": 0}):   # a task whose worker dies fails: it is not rerun on the next worker
         if scheduler_address:
             try: client = Client(scheduler_address, timeout=connect_timeout, set_as_default=False)
             except Exception as e: raise BacktestError(f"the Dask scheduler at {scheduler_address!r} cannot be reached: {type(e).__name__}: {e}") from None

@@ -18,7 +18,7 @@ from .settings import FinsightError, Settings, get_settings, write_json
 # %% auto #0
 __all__ = ['Ask', 'DeviceError', 'PrecisionWarning', 'cpu_model', 'cpu_capability', 'measure_bf16_speedup', 'cpu_bf16', 'gpus',
            'resolve_device', 'release_device_memory', 'compiler_available', 'PrecisionPlan', 'plan_precision',
-           'machine_info', 'describe_machine']
+           'machine_info', 'describe_machine', 'dask_worker_config']
 
 # %% ../nbs/06_hardware.ipynb #1f00bd8a
 class DeviceError(FinsightError, ValueError):
@@ -233,3 +233,9 @@ def describe_machine(info: dict | None = None) -> str:
     cpu = f"{i['cpu']} ({i['cpu_capability']}, {'bf16 instructions' if i['cpu_bf16'] else 'no bf16 instructions'})"
     gpu = "".join(f", GPU {g['name']} ({g['memory_gib']} GiB, cc {g['capability']})" for g in i["gpus"])
     return f"{cpu}, {i['cores']} cores, {i['memory_gib']:.0f} GiB{gpu}, python {i['python']}, torch {i['torch']}, {i['torch_threads']} threads"
+
+# %% ../nbs/06_hardware.ipynb #0064b6f2
+def dask_worker_config() -> dict:
+    "`dask.config.set` overrides for worker processes that train torch models (glibc's own malloc thresholds kept)."
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536": del os.environ["MALLOC_TRIM_THRESHOLD_"]   # Dask's value, left by an earlier nanny here
+    return {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}

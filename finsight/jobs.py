@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .settings import CheckedModel, FinsightError, get_settings
 from .data.sources import DataLoaderType, TimeFrame, check_symbol
 from .training import TrainingJobStatus
+from .hardware import dask_worker_config
 from .tasks import Task, get_task
 from .job_store import JobError, JobStore, owner_alive, process_token
 from .runner import RESERVED_PARAMETERS, declared_parameters, load_template, run_attempt, warm_up
@@ -295,9 +296,11 @@ def _dask(self: TrainingService):
     from distributed import Client, LocalCluster
     if self.scheduler_address: self._client = Client(self.scheduler_address, set_as_default=False, timeout=30)
     else:
+        import dask
         p = self.plan
-        self._cluster = LocalCluster(n_workers=p["n_workers"], threads_per_worker=p["threads_per_worker"], processes=self.processes,
-                                     resources=p["resources"], dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+        with dask.config.set(dask_worker_config()):   # worker processes keep glibc's malloc thresholds (`finsight.hardware`)
+            self._cluster = LocalCluster(n_workers=p["n_workers"], threads_per_worker=p["threads_per_worker"], processes=self.processes,
+                                         resources=p["resources"], dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
         self._client = Client(self._cluster, set_as_default=False)
     return self._client
 
