@@ -15,11 +15,11 @@ from .settings import FinsightError, atomic_write, get_settings
 from .data.sources import check_symbol
 from .tasks import TASKS, get_task
 from .tracking import TrackingError, get_tracker
-from .jobs import AsyncTrainingRequest, TrainingService, TrainingJobStatusResponse, check_request_data
+from .jobs import AsyncTrainingRequest, JobRequestError, TrainingService, TrainingJobStatusResponse, check_request_data
 
 # %% auto #0
 __all__ = ['COMMON_COLUMNS', 'TRAILING_COLUMNS', 'BatchError', 'batch_requests', 'leaderboard', 'write_leaderboard',
-           'log_notebooks', 'BatchResult', 'run_batch']
+           'log_notebooks', 'BatchResult', 'run_batch', 'resume_batch']
 
 # %% ../nbs/51_batch.ipynb #1c1a5b57
 class BatchError(FinsightError, RuntimeError):
@@ -108,4 +108,25 @@ def run_batch(symbols, timeframes=("1d",), models=("",), max_concurrent: int | N
     log_notebooks(statuses)
     board = leaderboard(statuses)
     folder = get_settings().path("runs_dir") / batch_id
+    return BatchResult(batch_id, folder, statuses, board, write_leaderboard(board, folder, f"FinSight batch {batch_id}"), time.perf_counter() - t0)
+
+# %% ../nbs/51_batch.ipynb #be76a0be
+def resume_batch(batch_id: str | None = None, # default: the newest batch with unfinished jobs
+                 max_concurrent: int | None = None, service: TrainingService | None = None, scheduler_address: str | None = None) -> BatchResult:
+    "Finish a batch after a crash, a kill or Ctrl-C: its queued and interrupted jobs run, completed ones are kept; the whole batch's leaderboard."
+    t0 = time.perf_counter()
+    svc = service or TrainingService(scheduler_address=scheduler_address, max_concurrent=max_concurrent)   # recovers jobs whose process is gone
+    try:
+        rows = svc.store.rows(); known = list(dict.fromkeys(r["batch_id"] for r in rows if r["batch_id"]))
+        if batch_id is None:
+            open_ = [r["batch_id"] for r in rows if r["batch_id"] and r["status"] in ("queued", "running")]
+            if not open_: raise JobRequestError(f"no batch in {svc.store.path} has queued or interrupted jobs (`finsight jobs list` shows them)")
+            batch_id = open_[-1]
+        elif batch_id not in known: raise JobRequestError(f"no batch {batch_id!r} in {svc.store.path}; the newest: {', '.join(known[-5:]) or 'none'}")
+        before = {s.job_id for s in svc.jobs(batch_id) if s.status.value == "completed"}
+        statuses = svc.run_pending(max_concurrent, batch_id=batch_id)
+    finally:
+        if service is None: svc.close()
+    log_notebooks([s for s in statuses if s.job_id not in before])   # those completed before were logged by their own run
+    board, folder = leaderboard(statuses), get_settings().path("runs_dir") / batch_id
     return BatchResult(batch_id, folder, statuses, board, write_leaderboard(board, folder, f"FinSight batch {batch_id}"), time.perf_counter() - t0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, json, sys
 from pathlib import Path
 import pandas as pd
-from .settings import FinsightError, find_settings_file, get_settings, redact
+from .settings import ConfigError, FinsightError, find_settings_file, get_settings, redact
 from .hardware import machine_info
 from .data.sources import DataLoaderType, TimeFrame
 from .data.loaders import get_data_loader
@@ -19,11 +19,12 @@ from .features import BasicFeatureEngineering, split_features
 from .tracking import resolve_tracking_uri
 from .tracking_sync import tracking_sync_main
 from .tasks import available_tasks, get_task
-from .jobs import TrainingService, plan_workers
-from .batch import run_batch
+from .job_store import JobStore
+from .jobs import TrainingService, job_status, plan_workers
+from .batch import resume_batch, run_batch
 
 # %% auto #0
-__all__ = ['MAIN_JOB_CONFIG', 'data_report', 'main_job', 'info', 'main']
+__all__ = ['MAIN_JOB_CONFIG', 'data_report', 'main_job', 'info', 'exit_code', 'main']
 
 # %% ../nbs/60_cli.ipynb #cbe71473
 def data_report(symbol: str, timeframe="1d", loader=None, out_dir: str | Path | None = None,
@@ -60,7 +61,7 @@ def _kv(items: list[str] | None, what: str = "--set") -> dict:
     "`key=value` pairs (values read as JSON when they parse, else as text)."
     out = {}
     for it in items or []:
-        if "=" not in it: raise FinsightError(f"{what} {it!r}: use key=value, for example {what} num_epochs=5")
+        if "=" not in it: raise ConfigError(f"{what} {it!r}: use key=value, for example {what} num_epochs=5")
         k, v = it.split("=", 1)
         try: out[k.strip()] = json.loads(v)
         except ValueError: out[k.strip()] = v
@@ -84,6 +85,7 @@ def _job_args(p: argparse.ArgumentParser, many: bool = False):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finsight", description="FinSight workbench: train, track and export forecasting and sentiment models "
                                 "(`finsight run financial_sentences --task sentiment`: the symbol of a sentiment job is its data set)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line); without it an error is one line")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("main", help="the main job: a batch on the bundled data (both symbols, both models, daily bars)")
     m.add_argument("--max-concurrent", type=int, default=2)
@@ -110,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     jl = j.add_parser("list", help="jobs, newest last"); jl.add_argument("--batch", default=None)
     j.add_parser("status", help="one job's status").add_argument("job_id")
     j.add_parser("cancel", help="cancel a queued or running job").add_argument("job_id")
+    jr = j.add_parser("resume", help="finish a batch after a crash, a kill or Ctrl-C: its queued and interrupted jobs run, completed ones are kept")
+    jr.add_argument("batch", nargs="?", default=None, help="the batch id (default: the newest batch with unfinished jobs)")
+    jr.add_argument("--max-concurrent", type=int, default=None); jr.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     d = sub.add_parser("data", help="data commands").add_subparsers(dest="data_cmd", required=True)
     d.add_parser("list", help="symbols and timeframes of a loader").add_argument("--source", choices=[k.value for k in DataLoaderType], default=None)
     rp = d.add_parser("report", help="validation, split and feature report of one symbol")
@@ -138,19 +143,26 @@ def _print_batch(res) -> int:
 
 # %% ../nbs/60_cli.ipynb #8c88c1df
 def _jobs_cmd(args) -> int:
-    svc = TrainingService()
+    "`finsight jobs`: list, status and cancel read the store as it is (no service starts, nothing is recovered); resume runs what a batch left."
+    if args.jobs_cmd == "resume":
+        return _print_batch(resume_batch(args.batch, max_concurrent=args.max_concurrent, scheduler_address=args.scheduler))
+    path = get_settings().path("runs_dir") / "jobs.db"
+    if not path.is_file():
+        if args.jobs_cmd == "list": print(f"no jobs (no job store at {path})"); return 0
+        raise ConfigError(f"no job with an id starting {args.job_id!r}: there is no job store at {path}")
+    store = JobStore(path, create=False)
     if args.jobs_cmd == "list":
         rows = [{"job_id": s.job_id[:12], "name": s.name, "batch": s.batch_id, "status": s.status.value, "progress": round(s.progress, 2),
-                 "attempts": s.attempts, "task": s.task, "error": (s.error or "")[:60]} for s in svc.jobs(args.batch)]
+                 "attempts": s.attempts, "task": s.task, "error": (s.error or "")[:60]} for s in map(job_status, store.rows(args.batch))]
         print(pd.DataFrame(rows).to_string(index=False) if rows else "no jobs")
-    elif args.jobs_cmd == "status": print(svc.status(_job_id(svc, args.job_id)).model_dump_json(indent=1))
-    elif args.jobs_cmd == "cancel": print(svc.cancel(_job_id(svc, args.job_id)).status.value)
+    elif args.jobs_cmd == "status": print(job_status(store.get(_job_id(store, args.job_id))).model_dump_json(indent=1))
+    elif args.jobs_cmd == "cancel": store.cancel(jid := _job_id(store, args.job_id)); print(job_status(store.get(jid)).status.value)
     return 0
 
-def _job_id(svc, prefix: str) -> str:
+def _job_id(store: JobStore, prefix: str) -> str:
     "The full id of the one job whose id starts with `prefix`."
-    ids = [s.job_id for s in svc.jobs() if s.job_id.startswith(prefix)]
-    if len(ids) != 1: raise FinsightError(f"{'no' if not ids else len(ids)} job(s) with an id starting {prefix!r}; see `finsight jobs list`")
+    ids = [r["id"] for r in store.rows() if r["id"].startswith(prefix)]
+    if len(ids) != 1: raise ConfigError(f"{'no' if not ids else len(ids)} job(s) with an id starting {prefix!r}; see `finsight jobs list`")
     return ids[0]
 
 # %% ../nbs/60_cli.ipynb #8a3dbaa1
@@ -173,7 +185,9 @@ def _train(args) -> dict:
     given = {"timeframe": args.timeframe, "data_source": args.source} if "timeframe" in fields else {}
     given |= {k: getattr(args, k) for k in ("folds", "mode", "embargo", "refit_every", "warm_start", "trials", "timeout", "space", "study_name", "storage", "workers") if hasattr(args, k)}
     if getattr(args, "scheduler", None) and "scheduler_address" in fields: given["scheduler_address"] = args.scheduler
-    s = task.run(symbol=args.symbol, model_type=args.model, config=_kv(args.set), **{k: v for k, v in given.items() if v is not None and k in fields}, **_kv(args.param, "--param"))
+    params = _kv(args.param, "--param"); named = {"symbol": "SYMBOL", "model_type": "--model", "config": "--set"} | {k: {"data_source": "--source", "scheduler_address": "--scheduler"}.get(k, "--" + k.replace("_", "-")) for k in given}
+    if clash := sorted(set(params) & set(named)): raise ConfigError(f"--param {clash[0]}=... clashes with the option {named[clash[0]]}: give it there instead")
+    s = task.run(symbol=args.symbol, model_type=args.model, config=_kv(args.set), **{k: v for k, v in given.items() if v is not None and k in fields}, **params)
     return s.to_dict()
 
 def _tasks_cmd() -> int:
@@ -208,26 +222,43 @@ def _info_cmd(as_json: bool = False) -> int:
     return 0
 
 # %% ../nbs/60_cli.ipynb #4bb588be
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `finsight` command."
-    args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "main": return _print_batch(main_job(max_concurrent=args.max_concurrent))
-        if args.cmd in ("train", "backtest", "tune"):
-            s = _train(args)
-            print(json.dumps({k: v for k, v in s.items() if k not in ("config", "data")}, indent=1, default=str)); return 0
-        if args.cmd in ("run", "batch"):
-            many = args.cmd == "batch"
-            res = run_batch(args.symbols if many else [args.symbol], args.timeframes if many else [args.timeframe], args.models if many else [args.model],
-                            max_concurrent=getattr(args, "max_concurrent", None), config=_kv(args.set), task="backtest" if getattr(args, "backtest", False) else args.task, data_source=args.source,
-                            scheduler_address=getattr(args, "scheduler", None), max_retries=getattr(args, "retries", 1), priority=getattr(args, "priority", 0),
-                            parameters=_kv(args.param, "--param"))
-            return _print_batch(res)
-        if args.cmd == "tasks": return _tasks_cmd()
-        if args.cmd == "info": return _info_cmd(args.json)
-        if args.cmd == "jobs": return _jobs_cmd(args)
-        if args.cmd == "data": return _data_cmd(args)
-        if args.cmd == "tracking": return tracking_sync_main(args.experiments_dir, args.tracking_uri)
-    except FinsightError as e:
-        print(f"finsight: error: {e}", file=sys.stderr); return 2
+def _one_line(e: BaseException) -> str:
+    "An error as one line: our messages as they are, others with their type."
+    msg = " ".join(str(e).split())
+    return msg if isinstance(e, FinsightError) else f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+def exit_code(e: BaseException) -> int:
+    "2 for bad input (a `FinsightError` that is a `ValueError`: a name, value, file or option at fault), 130 for Ctrl-C, 1 for anything that failed."
+    return 130 if isinstance(e, KeyboardInterrupt) else 2 if isinstance(e, FinsightError) and isinstance(e, ValueError) else 1
+
+def _dispatch(args) -> int:
+    if args.cmd == "main": return _print_batch(main_job(max_concurrent=args.max_concurrent))
+    if args.cmd in ("train", "backtest", "tune"):
+        s = _train(args)
+        print(json.dumps({k: v for k, v in s.items() if k not in ("config", "data")}, indent=1, default=str)); return 0
+    if args.cmd in ("run", "batch"):
+        many = args.cmd == "batch"
+        res = run_batch(args.symbols if many else [args.symbol], args.timeframes if many else [args.timeframe], args.models if many else [args.model],
+                        max_concurrent=getattr(args, "max_concurrent", None), config=_kv(args.set), task="backtest" if getattr(args, "backtest", False) else args.task, data_source=args.source,
+                        scheduler_address=getattr(args, "scheduler", None), max_retries=getattr(args, "retries", 1), priority=getattr(args, "priority", 0),
+                        parameters=_kv(args.param, "--param"))
+        return _print_batch(res)
+    if args.cmd == "tasks": return _tasks_cmd()
+    if args.cmd == "info": return _info_cmd(args.json)
+    if args.cmd == "jobs": return _jobs_cmd(args)
+    if args.cmd == "data": return _data_cmd(args)
+    if args.cmd == "tracking": return tracking_sync_main(args.experiments_dir, args.tracking_uri)
     return 0
+
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `finsight` command: any error is one line on stderr (exit 2: bad input, 1: failed, 130: Ctrl-C); `--debug` anywhere shows the traceback."
+    argv = list(sys.argv[1:] if argv is None else argv); debug = "--debug" in argv
+    args = _parser().parse_args([a for a in argv if a != "--debug"])
+    try: return _dispatch(args)
+    except KeyboardInterrupt as e:
+        if debug: raise
+        print("finsight: interrupted; a batch's unfinished jobs stay in the job store: `finsight jobs resume` finishes them", file=sys.stderr); return exit_code(e)
+    except Exception as e:
+        if debug: raise
+        print(f"finsight: error: {redact(_one_line(e))}" + ("" if isinstance(e, FinsightError) else " (run again with --debug for the traceback)"), file=sys.stderr)
+        return exit_code(e)

@@ -50,13 +50,20 @@ class JobStore:
                  timeout: float = 30.0): # seconds to wait for another writer
         self.path, self.timeout = Path(path) if path else get_settings().path("runs_dir") / "jobs.db", timeout
         if not create and not self.path.is_file(): raise JobError(f"job store {self.path} does not exist")
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._db() as db: self._init(db)
+        if create: self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._db() as db: self._init(db) if create else self._schema(db)
+        except sqlite3.DatabaseError as e:   # not a database, a read-only or locked file: one clear error, the file left as it is
+            raise JobError(f"job store {self.path} cannot be used: {e}; nothing in it was changed (move a corrupt file away, or set FINSIGHT_RUNS_DIR)") from None
 
-    def _init(self, db):
+    def _schema(self, db) -> int:
+        "The store's schema version (0: new); `JobError` for one this finsight does not write."
         v = db.execute("PRAGMA user_version").fetchone()[0]
         if v not in (0, _SCHEMA_VERSION): raise JobError(f"job store {self.path} has schema {v}, this finsight writes {_SCHEMA_VERSION}: move the file away")
+        return v
+
+    def _init(self, db):
+        self._schema(db)
         db.execute("PRAGMA journal_mode=WAL"); db.executescript(_SCHEMA); db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     def __repr__(self): return f"JobStore({str(self.path)!r})"
@@ -140,7 +147,7 @@ def _outcome_cols(row, outcome: str, now: float, error, metrics, mlflow_run_id, 
     if outcome == "interrupted":
         n = row["interruptions"] + 1
         if n > MAX_INTERRUPTIONS: return dict(status="failed", finished=now, interruptions=n, error=f"interrupted {n} times (its service stopped each time): {error}")
-        return dict(status="queued", interruptions=n, next_attempt_at=now + backoff, error=error)
+        return dict(status="queued", interruptions=n, next_attempt_at=now + backoff, error=error, cancel_requested=0)
     n = row["failures"] + 1
     if n > row["max_retries"]: return dict(status="failed", finished=now, failures=n, error=error)
     return dict(status="queued", failures=n, error=error, next_attempt_at=now + min(backoff_max, backoff * 2 ** (n - 1)))
@@ -179,11 +186,17 @@ def progress_history(self: JobStore, job_id: str) -> list[dict]:
 
 # %% ../nbs/50_job_store.ipynb #18191c42
 @patch
-def beat(self: JobStore, job_id: str, attempt: int) -> bool | None:
-    "Beat the heartbeat of running `attempt`: whether a cancel was asked for (None: the attempt is no longer the job's)."
+def beat(self: JobStore, job_id: str, attempt: int) -> int | None:
+    "Beat the heartbeat of running `attempt`: 0 to go on, 1 when a cancel was asked for, 2 when its service was interrupted (None: the attempt is no longer the job's)."
     with self._db() as db:
         n = db.execute("UPDATE jobs SET heartbeat=? WHERE id=? AND attempts=? AND status='running'", (time.time(), job_id, attempt)).rowcount
-        return None if not n else bool(db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
+        return None if not n else int(db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
+
+@patch
+def interrupt(self: JobStore, job_id: str, attempt: int) -> bool:
+    "Ask running `attempt` to stop and put its job back in the queue (its service was stopped by Ctrl-C); whether it was running."
+    with self._tx() as db:
+        return bool(db.execute("UPDATE jobs SET cancel_requested=2 WHERE id=? AND attempts=? AND status='running' AND cancel_requested=0", (job_id, attempt)).rowcount)
 
 @patch
 def cancel(self: JobStore, job_id: str) -> str:

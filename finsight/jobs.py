@@ -23,7 +23,8 @@ from .runner import RESERVED_PARAMETERS, declared_parameters, load_template, run
 
 # %% auto #0
 __all__ = ['JobRequestError', 'AsyncTrainingRequest', 'AsyncTrainingResponse', 'TrainingJobStatusResponse',
-           'BackgroundTaskHealthResponse', 'plan_workers', 'TrainingService', 'check_request_data', 'system_resources']
+           'BackgroundTaskHealthResponse', 'plan_workers', 'TrainingService', 'check_request_data', 'job_status',
+           'system_resources']
 
 # %% ../nbs/50b_jobs.ipynb #2466f9b4
 class JobRequestError(FinsightError, ValueError):
@@ -255,7 +256,7 @@ def submit(self: TrainingService, request: AsyncTrainingRequest | dict, check_da
 # %% ../nbs/50b_jobs.ipynb #dbf0f610
 def _ts(t: float | None) -> datetime | None: return None if t is None else datetime.fromtimestamp(t, timezone.utc)
 
-def _status_of(row: dict) -> TrainingJobStatusResponse:
+def job_status(row: dict) -> TrainingJobStatusResponse:
     "The status response of a store row."
     req = json.loads(row["request"])
     return TrainingJobStatusResponse(
@@ -275,12 +276,12 @@ def _response(self: TrainingService, job_id: str) -> AsyncTrainingResponse:
 @patch
 def status(self: TrainingService, job_id: str) -> TrainingJobStatusResponse:
     "Where job `job_id` stands."
-    return _status_of(self.store.get(job_id))
+    return job_status(self.store.get(job_id))
 
 @patch
 def jobs(self: TrainingService, batch_id: str | None = None, status: str | None = None) -> list[TrainingJobStatusResponse]:
     "Every job (of `batch_id`, in `status`) in submission order."
-    return [_status_of(r) for r in self.store.rows(batch_id, status)]
+    return [job_status(r) for r in self.store.rows(batch_id, status)]
 
 @patch
 def cancel(self: TrainingService, job_id: str) -> TrainingJobStatusResponse:
@@ -294,7 +295,9 @@ def _dask(self: TrainingService):
     if self._client is not None: return self._client
     import logging
     from distributed import Client, LocalCluster
-    if self.scheduler_address: self._client = Client(self.scheduler_address, set_as_default=False, timeout=30)
+    if self.scheduler_address:
+        try: self._client = Client(self.scheduler_address, set_as_default=False, timeout=30)
+        except (OSError, TimeoutError) as e: raise JobError(f"the Dask scheduler at {self.scheduler_address!r} cannot be reached ({type(e).__name__}: {e}); the jobs stay queued") from None
     else:
         import dask
         p = self.plan
@@ -382,8 +385,15 @@ def run_pending(self: TrainingService, max_concurrent: int | None = None, # jobs
     if not self._lock.acquire(blocking=False): raise JobError("this service is already running jobs (start() or another run_pending)")
     self._stop.clear()
     try: self._drain(max_concurrent, batch_id, until_idle=True, timeout=timeout)
+    except KeyboardInterrupt: self._interrupt(); raise
     finally: self._lock.release()
     return self.jobs(batch_id)
+
+@patch
+def _interrupt(self: TrainingService) -> None:
+    "Ctrl-C: every attempt in flight kills its kernel within a heartbeat and puts its job back in the queue (resumable), then the service stops."
+    for job in list(self._active.values()): self.store.interrupt(job["id"], job["attempts"])
+    self._settle(wait=True)
 
 @patch
 def run_batch(self: TrainingService, requests: Iterable[AsyncTrainingRequest | dict], max_concurrent: int | None = None,

@@ -191,13 +191,13 @@ class _Watcher(threading.Thread):
     def __init__(self, store: JobStore, job_id: str, attempt: int, holder: dict, interval: float = 0.5):
         super().__init__(daemon=True, name=f"finsight-job-{job_id[:8]}")
         self.store, self.job_id, self.attempt, self.holder, self.interval = store, job_id, attempt, holder, interval
-        self.stopping, self.cancelled, self.lost = threading.Event(), False, False
+        self.stopping, self.cancelled, self.interrupted, self.lost = threading.Event(), False, False, False
     def run(self):
         while not self.stopping.wait(self.interval):
             try: flag = self.store.beat(self.job_id, self.attempt)
             except sqlite3.Error: continue   # store busy: try again next beat
             if flag or flag is None:
-                self.cancelled, self.lost = bool(flag), flag is None
+                self.cancelled, self.interrupted, self.lost = flag == 1, flag == 2, flag is None
                 _kill_kernel(self.holder)
 
 # %% ../nbs/50a_runner.ipynb #c2001300
@@ -274,7 +274,7 @@ def run_attempt(spec: dict) -> str | None:
     if n > 1 and out.exists(): out.replace(out.with_name(f"{out.stem}.attempt{n - 1}.ipynb"))
     holder = {}; watcher = _Watcher(store, jid, n, holder, spec.get("heartbeat_interval", 0.5)); watcher.start()
     try:
-        with _gpu_device(spec["gpu_ids"] if spec["gpu"] else None, Path(spec["runs_dir"]) / ".locks" / socket.gethostname(), lambda: watcher.cancelled or watcher.lost) as gid:
+        with _gpu_device(spec["gpu_ids"] if spec["gpu"] else None, Path(spec["runs_dir"]) / ".locks" / socket.gethostname(), lambda: watcher.cancelled or watcher.interrupted or watcher.lost) as gid:
             _set_device(store, jid, gid, spec); threads = spec.get("torch_threads") or _worker_torch_threads()
             warm = spec.get("warm_kernels", False) and not spec["gpu"]   # a GPU job gets a plain kernel: CUDA is not usable in a forked process once initialised
             kmc = _kernel_manager_class(_job_env(spec, gid, threads), out.with_suffix(".log"), holder, Path(spec["template"]).parent, warm)
@@ -283,6 +283,8 @@ def run_attempt(spec: dict) -> str | None:
         return store.finish(jid, n, "completed", metrics=m, mlflow_run_id=m.pop("mlflow_run_id", None))
     except Exception as e:
         if watcher.cancelled: return store.finish(jid, n, "cancelled", error=f"cancelled while running (attempt {n})")
+        if watcher.interrupted:   # its service was stopped (Ctrl-C): back in the queue, `finsight jobs resume` runs it
+            return store.finish(jid, n, "interrupted", error=f"attempt {n} was stopped with its service (Ctrl-C); it runs again on resume", backoff=0.0)
         Path(spec["metrics_path"]).unlink(missing_ok=True)   # a failed run has no result: a retry must run it again
         return store.finish(jid, n, "failed", error=f"attempt {n}: {_error_text(e, out)}", backoff=spec["backoff"], backoff_max=spec["backoff_max"])
     finally:

@@ -268,8 +268,15 @@ def end_run_sync(self: SimpleExperimentTracker, status: RunStatus | str = RunSta
 # %% ../nbs/40_tracking.ipynb #03ea0bbe
 @patch
 def metric_rows(self: SimpleExperimentTracker, run_id: str) -> list[dict]:
-    "Every logged metric value, in the order logged."
-    return [json.loads(l) for l in (self.run_dir(run_id) / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    "Every logged metric value, in the order logged; a torn last line (the process died mid-write) is left out, a corrupt line before it is an error."
+    path = self.run_dir(run_id) / "metrics.jsonl"; lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    rows = []
+    for i, l in enumerate(lines):
+        try: rows.append(json.loads(l))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1: break   # the last write was cut short: what came before it is whole
+            raise TrackingError(f"{path}: line {i + 1} of {len(lines)} is not JSON ({l[:60]!r}); the run cannot be read") from None
+    return rows
 
 @patch
 def get_run(self: SimpleExperimentTracker, run_id: str) -> dict:

@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/training.html.md"""
 
 # %% ../nbs/31_training.ipynb #6217face
 from __future__ import annotations
-import asyncio, random, re, time
+import asyncio, random, re, time, warnings
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
@@ -126,12 +126,16 @@ def save_checkpoint(state: dict, folder: Path, epoch: int, keep: int = 3) -> Pat
 
 # %% ../nbs/31_training.ipynb #2152eea6
 def load_checkpoint(path: str | Path) -> dict:
-    "A training checkpoint (a file, or the newest in a folder), read with `weights_only=True`."
+    "A training checkpoint (a file, or the newest good one in a folder: a corrupt newest falls back to the one before, with a warning), read with `weights_only=True`."
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("epoch_*.pt"))
         if not files: raise CheckpointError(f"{path}: no checkpoint files (epoch_*.pt) in this folder")
-        path = files[-1]
+        for f in files[:0:-1]:   # newest first; the oldest is read below and its error is the one raised
+            try: state = load_checkpoint(f)
+            except CheckpointError as e: warnings.warn(f"skipping {e}"); continue
+            return state
+        path = files[0]
     if not path.is_file(): raise CheckpointError(f"{path}: no such checkpoint file")
     try: state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e: raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {str(e)[:160]}); earlier checkpoints in {path.parent} are untouched") from e

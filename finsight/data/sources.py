@@ -62,10 +62,15 @@ _ALIASES = {"date": "timestamp", "datetime": "timestamp", "time": "timestamp", "
 def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
     "Lower-case, snake-case column names and map common aliases onto `timestamp` and the OHLCV names."
     names = [re.sub(r"[^0-9a-z]+", "_", str(c).strip().lower()).strip("_") for c in df.columns]
-    return df.set_axis([_ALIASES.get(n, n) for n in names], axis=1)
+    new = [_ALIASES.get(n, n) for n in names]
+    for n in dict.fromkeys(x for x in new if new.count(x) > 1):   # two columns for one field: which one is meant is a guess, so refuse
+        raise DataSourceError(f"columns {', '.join(repr(str(c)) for c, x in zip(df.columns, new) if x == n)} all name the {n!r} column: keep one of them")
+    return df.set_axis(new, axis=1)
 
 def to_utc(values: pd.Series) -> pd.DatetimeIndex:
     "Timestamps (epoch s/ms/us/ns numbers, strings or datetimes, any zone) as a UTC `DatetimeIndex`."
+    missing = np.flatnonzero(values.isna().to_numpy())
+    if len(missing): raise DataSourceError(f"timestamp: {len(missing)} missing value(s), first at rows {missing[:5].tolist()}: every bar needs its time")
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         m = np.nanmax(np.abs(values.to_numpy(dtype="float64"))) if len(values) else 0
         unit = "ns" if m >= 1e17 else "us" if m >= 1e14 else "ms" if m >= 1e11 else "s"
