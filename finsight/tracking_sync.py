@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/tracking_sync.html.md"""
 
 # %% ../nbs/40b_tracking_sync.ipynb #cacb1323
 from __future__ import annotations
-import contextlib, json, os, socket, sys
+import contextlib, fcntl, json, os, socket, sys
 from pathlib import Path
 from .settings import ConfigError, redact
 from .tracking import (MLflowExperimentTracker, RunStatus, SimpleExperimentTracker, TrackingError, TrackingUnavailableError,
@@ -81,9 +81,12 @@ def sync_to_mlflow(experiments_dir: str | Path | None = None, # default: <projec
     if why := server_unreachable(ml.tracking_uri, ml.timeout):
         raise TrackingUnavailableError(f"cannot sync: MLflow at {redact(ml.tracking_uri)} cannot be reached ({why}); nothing changed, the runs under {local.base_dir} stay pending")
     rows, done = [], {}
-    for rec in pending_runs(local.base_dir):
-        try: rows.append(_sync_run(ml, local, rec, done))
-        except Exception as e: rows.append({"local_run_id": rec["run_id"], "run_name": rec["run_name"], "action": "failed", "error": redact(e)[:500]})
+    local.base_dir.mkdir(parents=True, exist_ok=True)
+    with open(local.base_dir / ".sync.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # a second sync at once waits here, then finds these runs no longer pending
+        for rec in pending_runs(local.base_dir):
+            try: rows.append(_sync_run(ml, local, rec, done))
+            except Exception as e: rows.append({"local_run_id": rec["run_id"], "run_name": rec["run_name"], "action": "failed", "error": redact(e)[:500]})
     return rows
 
 # %% ../nbs/40b_tracking_sync.ipynb #3f435c72
