@@ -137,7 +137,8 @@ def _print_batch(res) -> int:
     with pd.option_context("display.width", 250, "display.float_format", "{:.4f}".format): print(board.to_string(index=False))
     print(f"\nbatch {res.batch_id}: {len(res.statuses)} job(s) in {res.seconds:.0f} s")
     print(f"leaderboard: {res.files['html']} (and .csv); executed notebooks: {res.folder}/")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then open http://127.0.0.1:5000)")
+    uri = resolve_tracking_uri()   # shown without credentials (a tracking URI may carry them)
+    print(f"MLflow UI:   {'open ' + redact(uri) if uri.startswith(('http://', 'https://')) else f'mlflow ui --backend-store-uri {redact(uri)}  (then open http://127.0.0.1:5000)'}")
     for s in res.failed: print(f"FAILED {s.name}: {s.error} (notebook {s.output_notebook})", file=sys.stderr)
     return 1 if res.failed else 0
 

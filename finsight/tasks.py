@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/tasks.html.md"""
 
 # %% ../nbs/45_tasks.ipynb #7f77b373
 from __future__ import annotations
-import json, re, time, warnings
+import json, re, secrets, time, warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
@@ -22,7 +22,7 @@ from .features import BasicFeatureEngineering
 from .models import ModelConfig, ModelFactory, ModelType
 from .text_models import SentimentAdapter, SentimentConfig
 from .training import ModelTrainingFacade
-from .export import ExportResult, export_model, parse_formats
+from .export import ExportResult, export_model, parse_formats, publish_folder
 from .tracking import IExperimentTracker, MLflowExperimentTracker, TrackingError, check_tracking_uri, get_tracker
 from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_plots
 from .registry import register_run_model, registered_name, save_model_dir
@@ -42,7 +42,7 @@ class JobParams(CheckedModel):
     model_type: str = ""  # "" = the task's default model
     config: dict = {}  # overrides of the task's config (`ModelConfig`, `SentimentConfig`, ...)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)  # overrides config["seed"]
-    output_dir: str = ""  # "" = <runs_dir>/jobs/<job name>; always inside the runs folder
+    output_dir: str = ""  # "" = <runs_dir>/jobs/<job name>/<time>-<random>, this run's own; always inside the runs folder
     track: bool = True  # record the run in MLflow (or the local tracker when MLflow cannot be reached)
     tracking_uri: str = ""  # "" = the settings' (the embedded sqlite store under runs/)
     experiment_name: str = ""  # "" = the settings'
@@ -109,7 +109,7 @@ def params(self: Task, params: JobParams | dict | None = None, **kw) -> JobParam
     p = params if isinstance(params, self.params_model) and not kw else self.params_model(**{**(params.to_dict() if isinstance(params, JobParams) else dict(params or {})), **kw})
     if not p.model_type: p.model_type = self.model_types()[0]
     if p.model_type not in self.model_types(): raise TaskError(f"task {self.name!r} has no model type {p.model_type!r}; it has {', '.join(self.model_types())}")
-    self.config(p); self.output_folder(p); return p
+    self.config(p); p.output_dir = str(self.output_folder(p)); return p   # pinned: a run's own folder from here on
 
 @patch
 def params_from(self: Task, namespace: dict) -> JobParams:
@@ -131,7 +131,8 @@ def job_name(self: Task, p: JobParams) -> str:
 def output_folder(self: Task, p: JobParams) -> Path:
     "Where the job writes, resolved; `ConfigError` when it lies outside the runs folder."
     runs = get_settings().path("runs_dir").resolve()
-    out = (Path(p.output_dir).expanduser() if p.output_dir else runs / "jobs" / self.job_name(p)).resolve()
+    own = lambda: runs / "jobs" / self.job_name(p) / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"   # this run's own folder
+    out = (Path(p.output_dir).expanduser() if p.output_dir else own()).resolve()
     if not out.is_relative_to(runs): raise ConfigError(f"output_dir {str(out)!r} lies outside the runs folder {runs}: jobs write inside it (set FINSIGHT_RUNS_DIR to move it)")
     return out
 
@@ -451,9 +452,11 @@ def metrics_table(self: TuneTask, outcome: TuneResult) -> pd.DataFrame: return o
 @patch
 def save_outputs(self: TuneTask, p: TuneParams, outcome: TuneResult, folder: Path) -> dict[str, Path]:
     "The trials table, the held-out backtest (its own folder), the winner's model (an MLflow pyfunc folder) and the plots; the plots' paths."
-    import matplotlib.pyplot as plt, shutil
+    import matplotlib.pyplot as plt
     folder.mkdir(parents=True, exist_ok=True); outcome.trials().to_csv(folder / "trials.csv", index=False); outcome.holdout.save(folder / "holdout")
-    shutil.rmtree(folder / "model", ignore_errors=True); save_model_dir(outcome.best_model(), folder / "model")   # this job's own folder: its last attempt wins
+    model = folder / "model"   # replaced only when it is a saved model (an earlier attempt of this job), never other files
+    if model.exists() and not (model / "MLmodel").is_file(): raise TaskError(f"{model} holds files that are not a saved model (no MLmodel file): nothing was replaced")
+    publish_folder(save_model_dir(outcome.best_model(), folder / f".model-{secrets.token_hex(4)}"), model)
     figs = plot_study(outcome) | {"backtest_forecast": plot_backtest(outcome.holdout)["backtest_forecast"]}; paths = {}
     for k, fig in figs.items(): fig.savefig(paths.setdefault(k, folder / f"{k}.png"), dpi=80); plt.close(fig)
     return paths

@@ -112,8 +112,9 @@ def test_a_bad_input_is_one_clear_line(case, argv, extra, code, words, env, caps
 
 
 def _finsight(*args, env=None, **kw):
-    return subprocess.Popen([*CLI, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, **kw)
+    "`finsight ARGS` in a process group of its own, with Ctrl-C's default (a test runner started in the background inherits SIGINT ignored)."
+    return subprocess.Popen([*CLI, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
@@ -204,3 +205,17 @@ def test_ctrl_c_stops_a_batch_within_seconds_and_resume_finishes_it(tmp_path):
     assert [r[0] for r in rows()] == ["queued", "queued"] and rows()[0][2:] == (0, 1), rows()      # interrupted, not failed
     r = subprocess.run([*CLI, "jobs", "resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and [x[0] for x in rows()] == ["completed", "completed"], (r.stderr[-2000:], rows())
+
+
+def test_two_runs_of_one_job_at_once_each_get_their_own_folder(tmp_path):
+    """`finsight train` of the same symbol, timeframe and model twice at the same time: two folders, both complete, each
+    with its own checkpoints, plots, export and metrics (nothing shared, nothing overwritten)."""
+    env = os.environ | {"FINSIGHT_RUNS_DIR": str(tmp_path / "runs")}
+    ps = [_finsight("train", "SP500", "--model", "dlinear", "--set", "num_epochs=3", "--param", 'export_formats=["pt"]', env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in ps]
+    assert [p.returncode for p in ps] == [0, 0], [o[1][-1500:] for o in outs]
+    dirs = [Path(json.loads(o[0][o[0].index("{"):])["output_dir"]) for o in outs]
+    assert dirs[0] != dirs[1] and dirs[0].parent == dirs[1].parent == tmp_path / "runs" / "jobs" / "SP500_1d_dlinear", dirs
+    for d in dirs:
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["output_dir"] == str(d) and (d / "model" / "export.json").is_file() and list((d / "checkpoints").rglob("epoch_*.pt"))

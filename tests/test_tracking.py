@@ -394,6 +394,22 @@ def test_no_secrets_in_runs(server, tmp_path, monkeypatch, capsys, caplog, resul
     assert "uri-pass-77" not in str(e.value) and "***@" in str(e.value)
 
 
+def test_a_job_leaves_no_secret_anywhere(server, tmp_path):
+    """A papermill job (`finsight run`) with credentials in MLFLOW_TRACKING_URI and secrets in its environment: no file
+    it leaves (job store, executed notebook, kernel log, leaderboard, checkpoints, export, the MLflow server's store
+    and artifacts) and nothing it prints holds any of them."""
+    secrets = {"AWS_SECRET_ACCESS_KEY": "aws-secret-Q7/zz", "MLFLOW_TRACKING_PASSWORD": "trk-pass-5521", "HF_TOKEN": "hf_jobtoken987"}
+    env = os.environ | secrets | {"FINSIGHT_RUNS_DIR": str(tmp_path / "runs"), "MLFLOW_TRACKING_URI": server.uri.replace("http://", "http://bob:uri-pass-4242@")}
+    r = subprocess.run([sys.executable, "-c", "import sys; from finsight.cli import main; sys.exit(main())", "run", "SP500", "--model", "dlinear",
+                        "--set", "num_epochs=1", "--param", 'export_formats=["pt"]'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    leaked = [*secrets.values(), "uri-pass-4242"]
+    files = [p for top in (tmp_path / "runs", server.folder) for p in top.rglob("*") if p.is_file()]
+    hits = [(str(p), s) for p in files for s in leaked if s.encode() in p.read_bytes()] + [("stdout/stderr", s) for s in leaked if s in r.stdout + r.stderr]
+    assert not hits, hits
+    assert any(p.suffix == ".ipynb" for p in files) and any(p.name == "jobs.db" for p in files), files   # the job's own files were searched
+
+
 # ---------------------------------------------------------------------------------------------------------- without mlflow
 _NO_MLFLOW = textwrap.dedent("""
     import sys, json, warnings
