@@ -294,8 +294,10 @@ def train(self: ForecastTask, p: ForecastParams, bars: pd.DataFrame, callbacks=(
     "Split the bars in time and train the job's model on them (features fitted on the training part only)."
     split = temporal_split(bars, p.train_ratio, p.val_ratio)
     facade = ModelTrainingFacade(self.output_folder(p) / "checkpoints", list(callbacks), progress, _device(p))
+    ck = facade.checkpoint_dir(self.job_name(p))   # a service job's folder is its own: checkpoints there are an earlier attempt's
+    resume = ck if p.job_id and any(ck.glob("epoch_*.pt")) else None   # a retry goes on from the last good one, not from epoch 0
     return facade.train_model_sync(p.symbol, p.timeframe, p.model_type, split.train, split.val, BasicFeatureEngineering(), self.config(p),
-                                   run_id=self.job_name(p), test_data=split.test, job_id=p.job_id or None)
+                                   run_id=self.job_name(p), test_data=split.test, job_id=p.job_id or None, resume_from=resume)
 
 @patch
 def metrics_table(self: ForecastTask, outcome) -> pd.DataFrame: return metrics_table(outcome)

@@ -186,7 +186,8 @@ if __name__ == "__main__":   # python tests/test_faults.py: the table of docs/re
 
 def test_ctrl_c_stops_a_batch_within_seconds_and_resume_finishes_it(tmp_path):
     """SIGINT to `finsight batch` while its first job trains: within seconds the kernel is killed, the process exits 130
-    with one line, and the job is back in the queue (not failed); `finsight jobs resume` then completes the batch."""
+    with one line, and the job is back in the queue (not failed); `finsight jobs resume` then completes the batch, the
+    interrupted job going on from its last checkpoint instead of epoch 0."""
     env = os.environ | {"FINSIGHT_RUNS_DIR": str(tmp_path / "runs")}
     db = tmp_path / "runs" / "jobs.db"
     p = _finsight("batch", "--symbols", "SP500", "NASDAQ", "--models", "dlinear", "--max-concurrent", "1", "--set", "num_epochs=40",
@@ -196,7 +197,7 @@ def test_ctrl_c_stops_a_batch_within_seconds_and_resume_finishes_it(tmp_path):
             with sqlite3.connect(db, timeout=10) as c: return c.execute("SELECT status, epoch, failures, interruptions FROM jobs ORDER BY seq").fetchall()
         except sqlite3.Error: return []
     deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and not any(r[0] == "running" and r[1] for r in rows()): time.sleep(0.3)   # an epoch done
+    while time.time() < deadline and p.poll() is None and not any(r[0] == "running" and (r[1] or 0) >= 2 for r in rows()): time.sleep(0.3)   # 2 epochs done
     assert p.poll() is None, p.communicate()[1][-2000:]
     t0 = time.time(); os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=60)
@@ -205,6 +206,9 @@ def test_ctrl_c_stops_a_batch_within_seconds_and_resume_finishes_it(tmp_path):
     assert [r[0] for r in rows()] == ["queued", "queued"] and rows()[0][2:] == (0, 1), rows()      # interrupted, not failed
     r = subprocess.run([*CLI, "jobs", "resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and [x[0] for x in rows()] == ["completed", "completed"], (r.stderr[-2000:], rows())
+    with sqlite3.connect(db) as c:
+        first = c.execute("SELECT MIN(p.epoch) FROM progress p JOIN jobs j ON j.id = p.job_id WHERE j.seq = 1 AND p.attempt = 2").fetchone()[0]
+    assert first >= 2, first                                                                         # resumed, not restarted
 
 
 def test_two_runs_of_one_job_at_once_each_get_their_own_folder(tmp_path):
