@@ -105,9 +105,12 @@ def run_batch(symbols, timeframes=("1d",), models=("",), max_concurrent: int | N
     try: statuses = svc.run_batch(reqs, max_concurrent=max_concurrent, batch_id=batch_id, check_data=False)
     finally:
         if service is None: svc.close()
-    log_notebooks(statuses)
-    board = leaderboard(statuses)
-    folder = get_settings().path("runs_dir") / batch_id
+    return _batch_result(batch_id, statuses, statuses, t0)
+
+def _batch_result(batch_id: str, statuses: list, ran: list, t0: float) -> BatchResult:
+    "Log the notebooks of the jobs that `ran`, and write the whole batch's leaderboard under `<runs>/<batch_id>/`."
+    log_notebooks(ran)
+    board, folder = leaderboard(statuses), get_settings().path("runs_dir") / batch_id
     return BatchResult(batch_id, folder, statuses, board, write_leaderboard(board, folder, f"FinSight batch {batch_id}"), time.perf_counter() - t0)
 
 # %% ../nbs/51_batch.ipynb #be76a0be
@@ -127,6 +130,4 @@ def resume_batch(batch_id: str | None = None, # default: the newest batch with u
         statuses = svc.run_pending(max_concurrent, batch_id=batch_id)
     finally:
         if service is None: svc.close()
-    log_notebooks([s for s in statuses if s.job_id not in before])   # those completed before were logged by their own run
-    board, folder = leaderboard(statuses), get_settings().path("runs_dir") / batch_id
-    return BatchResult(batch_id, folder, statuses, board, write_leaderboard(board, folder, f"FinSight batch {batch_id}"), time.perf_counter() - t0)
+    return _batch_result(batch_id, statuses, [s for s in statuses if s.job_id not in before], t0)   # those completed before were logged by their own run

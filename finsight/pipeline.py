@@ -15,10 +15,10 @@ from .data.loaders import get_data_loader
 from .data.validation import ValidationReport, validate_ohlcv
 from .training import TrainingOutcome, forecast_windows, plot_forecast, plot_history
 from .tracking import IExperimentTracker, MLflowArtifactHelper, MLflowExperimentTracker, TrackingError, run_environment
-from .registry import register_run_model, registered_name, save_model_dir
+from .registry import register_run_model, registered_name, save_model_dir, try_register
 
 # %% auto #0
-__all__ = ['PLOTS', 'load_bars', 'save_plots', 'metrics_table', 'training_params', 'log_training_run']
+__all__ = ['PLOTS', 'load_bars', 'save_plots', 'save_figures', 'metrics_table', 'training_params', 'log_training_run']
 
 # %% ../nbs/42_pipeline.ipynb #34f736f8
 def load_bars(symbol: str, timeframe="1d", data_source: str | None = None) -> tuple[pd.DataFrame, ValidationReport]:
@@ -31,15 +31,19 @@ PLOTS = ("training_curve", "forecast_val", "forecast_test")
 
 def save_plots(outcome: TrainingOutcome, folder: str | Path) -> dict[str, Path]:
     "The training curves and the validation and test forecasts beside actual and naive, as PNG files in `folder`."
-    import matplotlib.pyplot as plt
     m, folder = outcome.model, Path(folder); folder.mkdir(parents=True, exist_ok=True)
     title = f"{m.model_type} on {m.symbol} {m.timeframe}"
     figs = {"training_curve": plot_history(outcome.history, title)} if outcome.history else {}
     for part in ("val", "test"):
         ds = getattr(m.windows, part, None) if m.windows is not None else None
         if ds is not None and len(ds): figs[f"forecast_{part}"] = plot_forecast(forecast_windows(m.adapter, ds, m.target), title=f"{title}, {part}")
+    return save_figures(figs, folder)
+
+def save_figures(figs: dict, folder: str | Path) -> dict[str, Path]:
+    "Each figure as `<folder>/<name>.png`, closed once written; their paths by name."
+    import matplotlib.pyplot as plt
     paths = {}
-    for k, fig in figs.items(): fig.savefig(paths.setdefault(k, folder / f"{k}.png"), dpi=80); plt.close(fig)
+    for k, fig in figs.items(): fig.savefig(paths.setdefault(k, Path(folder) / f"{k}.png"), dpi=80); plt.close(fig)
     return paths
 
 # %% ../nbs/42_pipeline.ipynb #cd14e12d
@@ -108,6 +112,4 @@ def _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, t
         for p in sorted(stage.iterdir()): tracker.log_artifact_sync(p, None, run_id)
         if export_dir is not None: tracker.log_artifact_sync(export_dir, "exports", run_id)
         for p in extra_artifacts: tracker.log_artifact_sync(p, None, run_id)
-    if register and isinstance(tracker, MLflowExperimentTracker) and not tracker.local_id(run_id):
-        try: register_run_model(run_id, tracker=tracker)
-        except TrackingError as e: warnings.warn(f"run {run_id} is recorded, but its model was not registered: {e}")
+    if register: try_register(run_id, tracker)

@@ -15,8 +15,8 @@ from .training import TrainedModel, predict
 from .tracking import MLflowExperimentTracker, TrackingError, _version
 
 # %% auto #0
-__all__ = ['pyfunc_model', 'pip_requirements', 'save_model_dir', 'registered_name', 'register_run_model', 'promote_best',
-           'load_model_by_alias']
+__all__ = ['pyfunc_model', 'pip_requirements', 'save_model_dir', 'registered_name', 'register_run_model', 'try_register',
+           'promote_best', 'load_model_by_alias']
 
 # %% ../nbs/40a_registry.ipynb #23c03d98
 _PYFUNC = None
@@ -81,6 +81,12 @@ def register_run_model(run_id: str, name: str | None = None, tracker: MLflowExpe
     vtags = {k: str(v) for k, v in run["metrics"].items() if k in ("val_rel_mae", "test_rel_mae", "val_mase", "test_mase", "val_skill", "test_skill", "holdout_rel_mae", "holdout_dm_p_naive")}
     mv = c.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=vtags, await_creation_for=0)
     return {"name": name, "version": str(mv.version), "run_id": run_id, "source": mv.source}
+
+def try_register(run_id: str, tracker) -> dict | None:
+    "Register run `run_id`'s model when `tracker` is MLflow and the run is there (not in the local fallback); a failure is a warning, not an error."
+    if not isinstance(tracker, MLflowExperimentTracker) or tracker.local_id(run_id): return None
+    try: return register_run_model(run_id, tracker=tracker)
+    except TrackingError as e: warnings.warn(f"run {run_id} is recorded, but its model was not registered: {e}"); return None
 
 # %% ../nbs/40a_registry.ipynb #f544f965
 def promote_best(symbol: str, timeframe, model_type, metric: str = "val_rel_mae", alias: str = "champion",

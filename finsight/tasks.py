@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/tasks.html.md"""
 
 # %% ../nbs/45_tasks.ipynb #7f77b373
 from __future__ import annotations
-import json, re, secrets, time, warnings
+import json, re, secrets, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
@@ -23,9 +23,9 @@ from .models import ModelConfig, ModelFactory, ModelType
 from .text_models import SentimentAdapter, SentimentConfig
 from .training import ModelTrainingFacade
 from .export import ExportResult, export_model, parse_formats, publish_folder
-from .tracking import IExperimentTracker, MLflowExperimentTracker, TrackingError, check_tracking_uri, get_tracker
-from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_plots
-from .registry import register_run_model, registered_name, save_model_dir
+from .tracking import IExperimentTracker, check_tracking_uri, get_tracker
+from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_figures, save_plots
+from .registry import registered_name, save_model_dir, try_register
 from .backtest import Backtest, backtest, plot_backtest
 from .tune import TuneResult, plot_study, tune
 from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_table, train_sentiment, write_sentiment_run
@@ -373,10 +373,7 @@ def metrics_table(self: BacktestTask, outcome: Backtest) -> pd.DataFrame: return
 @patch
 def save_outputs(self: BacktestTask, p: BacktestParams, outcome: Backtest, folder: Path) -> dict[str, Path]:
     "The forecasts (Parquet), the report tables and the plots in the job folder; the plots' paths."
-    import matplotlib.pyplot as plt
-    outcome.save(folder); paths = {}
-    for k, fig in plot_backtest(outcome).items(): fig.savefig(paths.setdefault(k, folder / f"{k}.png"), dpi=80); plt.close(fig)
-    return paths
+    outcome.save(folder); return save_figures(plot_backtest(outcome), folder)
 
 # %% ../nbs/45_tasks.ipynb #715cdc30
 @patch
@@ -454,14 +451,11 @@ def metrics_table(self: TuneTask, outcome: TuneResult) -> pd.DataFrame: return o
 @patch
 def save_outputs(self: TuneTask, p: TuneParams, outcome: TuneResult, folder: Path) -> dict[str, Path]:
     "The trials table, the held-out backtest (its own folder), the winner's model (an MLflow pyfunc folder) and the plots; the plots' paths."
-    import matplotlib.pyplot as plt
     folder.mkdir(parents=True, exist_ok=True); outcome.trials().to_csv(folder / "trials.csv", index=False); outcome.holdout.save(folder / "holdout")
     model = folder / "model"   # replaced only when it is a saved model (an earlier attempt of this job), never other files
     if model.exists() and not (model / "MLmodel").is_file(): raise TaskError(f"{model} holds files that are not a saved model (no MLmodel file): nothing was replaced")
     publish_folder(save_model_dir(outcome.best_model(), folder / f".model-{secrets.token_hex(4)}"), model)
-    figs = plot_study(outcome) | {"backtest_forecast": plot_backtest(outcome.holdout)["backtest_forecast"]}; paths = {}
-    for k, fig in figs.items(): fig.savefig(paths.setdefault(k, folder / f"{k}.png"), dpi=80); plt.close(fig)
-    return paths
+    return save_figures(plot_study(outcome) | {"backtest_forecast": plot_backtest(outcome.holdout)["backtest_forecast"]}, folder)
 
 # %% ../nbs/45_tasks.ipynb #89e39188
 @patch
@@ -485,9 +479,7 @@ def record(self: TuneTask, p: TuneParams, outcome: TuneResult, bars=None, export
                                                                           **({"finsight.error": t.user_attrs["error"]} if "error" in t.user_attrs else {})}, nested=True):
                 tracker.log_params_sync(t.params | {"trial": t.number})
                 if t.value is not None and t.state.name == "COMPLETE": tracker.log_metrics_sync({"cv_rel_mae": t.value})
-    if isinstance(tracker, MLflowExperimentTracker) and not tracker.local_id(rid) and (folder / "model").is_dir():
-        try: register_run_model(rid, tracker=tracker)   # a new version of finsight-<symbol>-<timeframe>-<model>, tagged with its held-out rel_mae
-        except TrackingError as e: warnings.warn(f"study run {rid} is recorded, but its winner was not registered: {e}")
+    if (folder / "model").is_dir(): try_register(rid, tracker)   # a new version of finsight-<symbol>-<timeframe>-<model>, tagged with its held-out rel_mae
     return rid
 
 register_task(TuneTask)

@@ -103,8 +103,8 @@ def _search(study: optuna.Study, dists: dict, trials: int, timeout: float | None
         while True:
             while started < trials and time.time() < t_end and len(pending) < slots:
                 trial, started = study.ask(dists), started + 1
-                if submit is None: pending[None] = trial; _tell(study, trial, run(trial)); pending.clear(); bar.update()
-                else: pending[submit(trial)] = trial
+                pending[submit(trial) if submit else None] = trial
+                if submit is None: _tell(study, trial, run(trial)); pending.clear(); bar.update()   # here: one at a time
             if not pending: break
             done = [f for f in pending if f.done()]
             if not done: time.sleep(0.05); continue
