@@ -17,7 +17,7 @@ from .training import TrainingJobStatus, TrainingProgressUpdate
 
 # %% auto #0
 __all__ = ['MAX_INTERRUPTIONS', 'JobError', 'JobStore', 'process_token', 'owner_alive', 'report_result', 'read_metrics',
-           'report_progress', 'progress_callback']
+           'report_progress', 'progress_lines', 'progress_callback']
 
 # %% ../nbs/50_job_store.ipynb #478939ab
 class JobError(FinsightError, RuntimeError):
@@ -264,12 +264,24 @@ def recover(self: JobStore, stale_after: float = 60.0, grace: float = 2.0) -> li
 
 # %% ../nbs/50_job_store.ipynb #9f6da6f4
 def report_progress(update: TrainingProgressUpdate | dict, job_store: str | Path, job_id: str | None = None) -> bool:
-    "Record `update` as the latest progress of its job (default: `update.job_id`) in `job_store`; False when not recorded."
+    "Record `update` as the latest progress of its job (default: `update.job_id`) in `job_store` (a job store, or a `.jsonl` file in cluster mode); False when not recorded."
     if not job_store: return False
     u = update if isinstance(update, TrainingProgressUpdate) else TrainingProgressUpdate(**update)
-    try: return JobStore(job_store, create=False).record_progress(job_id or u.job_id, u)
-    except (sqlite3.Error, JobError) as e:
+    try:
+        if str(job_store).endswith(".jsonl"):
+            with open(job_store, "a") as f: f.write(json.dumps({**u.model_dump(mode="json"), "job_id": job_id or u.job_id}) + "\n")
+            return True
+        return JobStore(job_store, create=False).record_progress(job_id or u.job_id, u)
+    except (sqlite3.Error, JobError, OSError) as e:
         warnings.warn(f"progress of job {job_id or u.job_id} not recorded in {job_store}: {e}"); return False
+
+def progress_lines(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
+    "The complete progress lines of a `.jsonl` progress file after byte `offset`, and the offset after them."
+    try:
+        with open(path, "rb") as f: f.seek(offset); data = f.read()
+    except FileNotFoundError: return [], offset
+    done = data[:data.rfind(b"\n") + 1]   # a line still being written waits for the next call
+    return [json.loads(l) for l in done.splitlines() if l.strip()], offset + len(done)
 
 def progress_callback(job_id: str, job_store: str | Path) -> Callable[[TrainingProgressUpdate], None]:
     "A training callback that records each epoch of `job_id` in `job_store` (a no-op when `job_store` is empty)."

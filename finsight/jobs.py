@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/jobs.html.md"""
 
 # %% ../nbs/50b_jobs.ipynb #6db993cf
 from __future__ import annotations
-import asyncio, json, os, re, sqlite3, threading, time, uuid
+import asyncio, contextlib, json, os, re, sqlite3, threading, time, uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
@@ -15,11 +15,12 @@ from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .settings import CheckedModel, FinsightError, get_settings
 from .data.sources import DataLoaderType, TimeFrame, check_symbol
-from .training import TrainingJobStatus
+from .training import TrainingJobStatus, TrainingProgressUpdate
+from .tracking import cluster_tracking_uri
 from .hardware import dask_worker_config
 from .tasks import Task, get_task
 from .job_store import JobError, JobStore, owner_alive, process_token
-from .runner import RESERVED_PARAMETERS, declared_parameters, load_template, run_attempt, warm_up
+from .runner import LOST, RESERVED_PARAMETERS, declared_parameters, load_template, run_attempt, warm_up
 
 # %% auto #0
 __all__ = ['JobRequestError', 'AsyncTrainingRequest', 'AsyncTrainingResponse', 'TrainingJobStatusResponse',
@@ -182,7 +183,11 @@ class TrainingService:
                  backoff: float = 5.0, backoff_max: float = 300.0, # retry delay: backoff * 2**(failures-1), capped
                  stale_after: float = 60.0, # another host's job with no heartbeat for this long is recovered
                  poll_interval: float = 0.2, execution_timeout: int | None = None, kernel_name: str = "python3",
-                 warm_kernels: bool = True): # fork each job's kernel from a warm zygote (`finsight.runner`) instead of starting a new interpreter
+                 warm_kernels: bool = True, # fork each job's kernel from a warm zygote (`finsight.runner`) instead of starting a new interpreter
+                 security=None): # a `distributed.Security` (TLS) for the scheduler; None: Dask's config (`distributed.comm.tls`)
+        # cluster mode: the workers may be other hosts, so they get no path to the job store and MLflow must be a server
+        self.tracking_uri = cluster_tracking_uri(source=f"cluster mode (Dask scheduler {scheduler_address})") if scheduler_address else None
+        self.channel, self.security = (f"finsight-{uuid.uuid4().hex[:12]}" if scheduler_address else None), security
         self.store = store if isinstance(store, JobStore) else JobStore(store)
         self.warm_kernels = warm_kernels
         if warm_kernels and not scheduler_address and not processes: warm_up()   # jobs run in this process's Dask worker threads
@@ -192,7 +197,7 @@ class TrainingService:
         self.gpus = list(range(_cuda_devices())) if gpus is None else list(gpus)
         self.plan = None if scheduler_address else plan_workers(max_concurrent, processes=processes, gpus=len(self.gpus))
         self._max_concurrent, self._torch_threads = max_concurrent, torch_threads
-        self.token, self._client, self._cluster, self._runner, self._active = process_token(), None, None, None, {}
+        self.token, self._client, self._cluster, self._runner, self._active, self._flags = process_token(), None, None, None, {}, {}
         self._stop, self._lock = threading.Event(), threading.Lock()
         self.store.recover(stale_after, grace=2.0)
 
@@ -219,6 +224,9 @@ def _job_row(self: TrainingService, r: AsyncTrainingRequest) -> dict:
     if r.gpu and not self._has_gpu(): raise JobRequestError(f"{r.symbol}: gpu=True but this service has no GPU (torch sees none and the cluster's workers have no 'GPU' resource)")
     task, jid = get_task(r.task), uuid.uuid4().hex
     p = task.params(**r.job_fields(task), **{k: v for k, v in r.parameters.items() if k in task.params_model.model_fields})
+    if self.channel and r.parameters.get("tracking_uri"):
+        try: cluster_tracking_uri(r.parameters["tracking_uri"], "cluster mode, job parameter tracking_uri")
+        except FinsightError as e: raise JobRequestError(f"{r.symbol}: {e}") from None
     name = f"{task.job_name(p)}_{jid[:8]}"
     folder = _inside(self.runs_dir / (r.batch_id or "jobs"), self.runs_dir)
     out, met = _inside(folder / f"{name}.ipynb", folder), _inside(folder / f"{name}.metrics.json", folder)
@@ -296,8 +304,11 @@ def _dask(self: TrainingService):
     import logging
     from distributed import Client, LocalCluster
     if self.scheduler_address:
-        try: self._client = Client(self.scheduler_address, set_as_default=False, timeout=30)
+        from distributed import Queue, Variable
+        try: self._client = Client(self.scheduler_address, security=self.security, set_as_default=False, timeout=30)
         except (OSError, TimeoutError) as e: raise JobError(f"the Dask scheduler at {self.scheduler_address!r} cannot be reached ({type(e).__name__}: {e}); the jobs stay queued") from None
+        self._events, self._flag_var = Queue(self.channel, client=self._client), Variable(self.channel + "-flags", client=self._client)
+        self._flag_var.set({})
     else:
         import dask
         p = self.plan
@@ -334,19 +345,42 @@ def _spec(self: TrainingService, job: dict) -> dict:
     params = {**req["parameters"], **{k: req[k] for k in ("symbol", "timeframe", "model_type", "config", "data_source")},
               "job_id": job["id"], "job_store": str(self.store.path), "metrics_path": job["metrics_path"], "device": "cuda" if job["gpu"] else "cpu"}
     threads = self._torch_threads or (self.plan["torch_threads"] if self.plan else None)   # None: the worker works it out
+    if self.channel: params["job_store"] = ""   # cluster mode: the attempt forwards progress through Dask (`runner._DaskLink`)
+    cluster = {"store": None, "channel": self.channel, "env": {"MLFLOW_TRACKING_URI": self.tracking_uri}} if self.channel else {}
     return {"store": str(self.store.path), "job_id": job["id"], "attempt": job["attempts"], "template": job["template"], "parameters": params,
             "output_notebook": job["output_notebook"], "metrics_path": job["metrics_path"], "runs_dir": str(self.runs_dir), "gpu": bool(job["gpu"]),
             "gpu_ids": None if self.scheduler_address else self.gpus, "torch_threads": threads, "backoff": self.backoff, "backoff_max": self.backoff_max,
-            "execution_timeout": self.execution_timeout, "kernel_name": self.kernel_name, "warm_kernels": self.warm_kernels, "heartbeat_interval": min(1.0, self.poll_interval * 2)}
+            "execution_timeout": self.execution_timeout, "kernel_name": self.kernel_name, "warm_kernels": self.warm_kernels, "heartbeat_interval": min(1.0, self.poll_interval * 2)} | cluster
+
+@patch
+def _pump(self: TrainingService) -> None:
+    "Cluster mode: write the workers' heartbeats, devices and progress to the store, and hand cancels and interrupts back to them."
+    if self.channel is None or self._client is None: return
+    try: events = self._events.get(batch=True)
+    except (OSError, TimeoutError): return   # the scheduler is slow or gone: the next pass tries again, _settle sees lost tasks
+    flags = dict(self._flags)
+    for ev in events:
+        jid, n = ev["job_id"], ev["attempt"]
+        if ev["op"] == "device": self.store.set_device(jid, ev["device"]); continue
+        for u in ev.get("progress", []): self.store.record_progress(jid, TrainingProgressUpdate(**u))
+        flag = self.store.beat(jid, n)
+        flags[f"{jid}:{n}"] = LOST if flag is None else flag
+    if flags != self._flags:
+        self._flags = flags
+        try: self._flag_var.set(flags)
+        except (OSError, TimeoutError): self._flags = {}   # set again on the next pass
 
 # %% ../nbs/50b_jobs.ipynb #5c03025c
 @patch
 def _settle(self: TrainingService, wait: bool = False) -> None:
     "Record what the store does not know yet about finished Dask tasks (all of them, with `wait`)."
-    while wait and not all(f.done() for f in self._active): time.sleep(self.poll_interval)
+    while wait and not all(f.done() for f in self._active): self._pump(); time.sleep(self.poll_interval)
+    self._pump()   # in cluster mode the last progress reports come before the outcomes
     for f in [f for f in self._active if f.done()]:
-        job = self._active.pop(f)
-        if f.status == "finished": continue   # run_attempt wrote the outcome itself
+        job = self._active.pop(f); self._flags.pop(f"{job['id']}:{job['attempts']}", None)
+        if f.status == "finished":
+            if isinstance(r := f.result(), dict): self.store.finish(r.pop("job_id"), r.pop("attempt"), r.pop("outcome"), **r)   # cluster mode
+            continue   # otherwise run_attempt wrote the outcome itself
         if f.status == "error": e = f.exception(); outcome, err = "failed", f"attempt {job['attempts']}: the job could not run: {type(e).__name__}: {e}"
         else: outcome, err = "interrupted", f"its Dask task was {f.status} (worker or scheduler lost)"
         self.store.finish(job["id"], job["attempts"], outcome, error=err, backoff=self.backoff, backoff_max=self.backoff_max)
@@ -425,7 +459,10 @@ def stop(self: TrainingService) -> None:
 def close(self: TrainingService) -> None:
     "Stop the background runner, wait for attempts in flight, and shut down the embedded cluster."
     self.stop(); self._settle(wait=True)
-    if self._client is not None: self._client.close(); self._client = None
+    if self._client is not None:
+        if self.channel:
+            with contextlib.suppress(Exception): self._flag_var.delete()
+        self._client.close(); self._client = None
     if self._cluster is not None: self._cluster.close(); self._cluster = None
 
 # %% ../nbs/50b_jobs.ipynb #4c108ebf

@@ -6,23 +6,25 @@ Docs: https://finsight.github.io/finsight/runner.html.md"""
 
 # %% ../nbs/50a_runner.ipynb #87363e8a
 from __future__ import annotations
-import ast, atexit, fcntl, json, os, signal, socket, sqlite3, subprocess, sys, threading, time, uuid, warnings
+import ast, atexit, fcntl, json, os, shutil, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time, uuid, warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable
 import psutil
 import finsight.sentiment, finsight.tasks   # what a job's kernel imports: the zygote imports it once for every kernel it forks
 from .settings import FinsightError, get_settings
-from .job_store import JobError, JobStore, process_token, read_metrics
+from .job_store import JobError, JobStore, process_token, progress_lines, read_metrics
 
 # %% auto #0
-__all__ = ['RESERVED_PARAMETERS', 'WARM_MODULES', 'ZygoteError', 'Zygote', 'zygote', 'warm_up', 'notebook_error', 'load_template',
-           'declared_parameters', 'run_attempt']
+__all__ = ['RESERVED_PARAMETERS', 'KERNEL_ARGS', 'WARM_MODULES', 'LOST', 'ZygoteError', 'Zygote', 'zygote', 'warm_up',
+           'notebook_error', 'load_template', 'declared_parameters', 'run_attempt']
 
 # %% ../nbs/50a_runner.ipynb #b7d50e15
 RESERVED_PARAMETERS = ("symbol", "timeframe", "model_type", "config", "data_source", "job_id", "job_store", "metrics_path", "device", "torch_threads")
 
 # %% ../nbs/50a_runner.ipynb #bdb698d3
+KERNEL_ARGS = ("--HistoryManager.enabled=False",)   # no IPython history: it is a SQLite file in ~/.ipython, often on a shared (NFS) home
+
 def _kernel_manager_class(env: dict[str, str], log_path: Path, holder: dict, cwd: str | Path | None = None,
                           warm: bool = False, # fork the kernel from the warm zygote (see below) instead of starting a new interpreter
                          ) -> type:
@@ -32,6 +34,7 @@ def _kernel_manager_class(env: dict[str, str], log_path: Path, holder: dict, cwd
         async def start_kernel(self, **kw):
             holder["km"], holder["log"] = self, open(log_path, "ab")
             kw.update(env={**os.environ, **kw.get("env", {}), **env}, stdout=holder["log"], stderr=holder["log"])
+            kw["extra_arguments"] = [*kw.get("extra_arguments", []), *KERNEL_ARGS]
             if cwd is not None: kw["cwd"] = str(cwd)   # the kernel's own folder: papermill's cwd= would chdir the whole (threaded) process
             if warm and self.provisioner is None:
                 self.kernel_id = self.kernel_id or str(uuid.uuid4())
@@ -90,7 +93,7 @@ def _kernel_child(req: dict, threads: int | None = None) -> None:
         get_settings(refresh=True)   # the job's settings, from its environment
         from ipykernel.kernelapp import IPKernelApp
         app = IPKernelApp.instance()   # it ends when the zygote does (which ends with the service that started it)
-        app.initialize(["-f", req["connection_file"], f"--IPKernelApp.parent_handle={os.getppid()}"]); app.start()
+        app.initialize(["-f", req["connection_file"], f"--IPKernelApp.parent_handle={os.getppid()}", *KERNEL_ARGS]); app.start()
     except BaseException as e: print(f"finsight: the forked kernel failed: {type(e).__name__}: {e}", file=sys.stderr)
     finally: os._exit(0)
 
@@ -185,17 +188,52 @@ def _zygote_provisioner() -> type:
             return self.connection_info
     return ZygoteProvisioner
 
+# %% ../nbs/50a_runner.ipynb #6617fd2f
+class _StoreLink:
+    "An attempt's link to its job's row when the worker shares the service's disk: the job store itself."
+    def __init__(self, spec: dict): self.store = JobStore(spec["store"], create=False); self.progress_target = str(self.store.path)
+    def take_over(self, jid: str, n: int) -> bool: return self.store.take_over(jid, n, process_token())
+    def beat(self, jid: str, n: int) -> int | None: return self.store.beat(jid, n)
+    def set_device(self, jid: str, n: int, device: str) -> None: self.store.set_device(jid, device)
+    def finish(self, jid: str, n: int, outcome: str, **kw) -> str | None: return self.store.finish(jid, n, outcome, **kw)
+    def close(self) -> None: pass
+
+LOST = 3   # the flag of an attempt that is no longer its job's (`JobStore.beat` answers None)
+
+class _DaskLink:
+    "Cluster mode: events to the service through the Dask queue `spec['channel']`, flags from its variable; no file on a shared disk."
+    def __init__(self, spec: dict):
+        from distributed import Queue, Variable
+        self.events, self.flags = Queue(spec["channel"]), Variable(spec["channel"] + "-flags")
+        self._dir = tempfile.mkdtemp(prefix="finsight-progress-")   # the kernel's progress reports, on this worker's own disk
+        self.progress_target, self._offset = str(Path(self._dir) / "progress.jsonl"), 0
+    def take_over(self, jid: str, n: int) -> bool: return True   # the service holds the row and beats it while these beats arrive
+    def _progress(self) -> list[dict]:
+        lines, self._offset = progress_lines(self.progress_target, self._offset); return lines
+    def beat(self, jid: str, n: int) -> int | None:
+        self.events.put({"op": "beat", "job_id": jid, "attempt": n, "progress": self._progress()})
+        flag = (self.flags.get(timeout=10) or {}).get(f"{jid}:{n}", 0)
+        return None if flag == LOST else flag
+    def set_device(self, jid: str, n: int, device: str) -> None: self.events.put({"op": "device", "job_id": jid, "attempt": n, "device": device})
+    def finish(self, jid: str, n: int, outcome: str, **kw) -> dict:
+        "The outcome as the task's result; the last progress reports go first (the service reads the queue before results)."
+        with suppress(Exception): self.events.put({"op": "beat", "job_id": jid, "attempt": n, "progress": self._progress()})
+        return {"job_id": jid, "attempt": n, "outcome": outcome, **kw}
+    def close(self) -> None: shutil.rmtree(self._dir, ignore_errors=True)
+
+def _link(spec: dict) -> _StoreLink | _DaskLink: return _DaskLink(spec) if spec.get("channel") else _StoreLink(spec)
+
 # %% ../nbs/50a_runner.ipynb #acc73edc
 class _Watcher(threading.Thread):
     "Heartbeat and cancel watch of one running attempt."
-    def __init__(self, store: JobStore, job_id: str, attempt: int, holder: dict, interval: float = 0.5):
+    def __init__(self, link: _StoreLink | _DaskLink, job_id: str, attempt: int, holder: dict, interval: float = 0.5):
         super().__init__(daemon=True, name=f"finsight-job-{job_id[:8]}")
-        self.store, self.job_id, self.attempt, self.holder, self.interval = store, job_id, attempt, holder, interval
+        self.link, self.job_id, self.attempt, self.holder, self.interval = link, job_id, attempt, holder, interval
         self.stopping, self.cancelled, self.interrupted, self.lost = threading.Event(), False, False, False
     def run(self):
         while not self.stopping.wait(self.interval):
-            try: flag = self.store.beat(self.job_id, self.attempt)
-            except sqlite3.Error: continue   # store busy: try again next beat
+            try: flag = self.link.beat(self.job_id, self.attempt)
+            except (sqlite3.Error, OSError, TimeoutError): continue   # store busy or scheduler slow: try again next beat
             if flag or flag is None:
                 self.cancelled, self.interrupted, self.lost = flag == 1, flag == 2, flag is None
                 _kill_kernel(self.holder)
@@ -220,7 +258,7 @@ def _gpu_device(ids: list[int] | None, lock_dir: Path, give_up: Callable[[], boo
 # %% ../nbs/50a_runner.ipynb #c3e0c5d6
 def _job_env(spec: dict, gpu_id: int | None, threads: int) -> dict[str, str]:
     "Environment variables of the job's kernel."
-    env = {"FINSIGHT_RUNS_DIR": spec["runs_dir"], "FINSIGHT_JOB_ID": spec["job_id"], "FINSIGHT_JOB_STORE": spec["store"]}
+    env = {**(spec.get("env") or {}), "FINSIGHT_RUNS_DIR": spec["runs_dir"], "FINSIGHT_JOB_ID": spec["job_id"], "FINSIGHT_JOB_STORE": spec["store"]}
     env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     if not spec["gpu"]: return env | {"FINSIGHT_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}
     return env | {"FINSIGHT_DEVICE": "cuda"} | ({} if gpu_id is None else {"CUDA_VISIBLE_DEVICES": str(gpu_id)})
@@ -264,36 +302,42 @@ def declared_parameters(nb) -> set[str] | None:
     return {t.id for n in body if isinstance(n, (ast.Assign, ast.AnnAssign)) for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
 
 # %% ../nbs/50a_runner.ipynb #5fbd964f
-def run_attempt(spec: dict) -> str | None:
-    "Run attempt `spec['attempt']` of a claimed job (in a Dask task); the job's status afterwards (None: no longer this attempt's)."
-    store, jid, n, out = JobStore(spec["store"], create=False), spec["job_id"], spec["attempt"], Path(spec["output_notebook"])
-    if not store.take_over(jid, n, process_token()): return None
+def run_attempt(spec: dict) -> str | dict | None:
+    """Run attempt `spec['attempt']` of a claimed job (in a Dask task); the job's status afterwards (None: no longer this
+    attempt's), or in cluster mode (`spec['channel']`) the outcome for the service to write."""
+    link, jid, n, out = _link(spec), spec["job_id"], spec["attempt"], Path(spec["output_notebook"])
+    try: return _attempt(spec, link, jid, n, out)
+    finally: link.close()
+
+def _attempt(spec: dict, link: _StoreLink | _DaskLink, jid: str, n: int, out: Path) -> str | dict | None:
+    if not link.take_over(jid, n): return None
     if (m := read_metrics(spec["metrics_path"])) is not None:
-        return store.finish(jid, n, "completed", metrics=m, mlflow_run_id=m.pop("mlflow_run_id", None))
+        return link.finish(jid, n, "completed", metrics=m, mlflow_run_id=m.pop("mlflow_run_id", None))
     out.parent.mkdir(parents=True, exist_ok=True)
     if n > 1 and out.exists(): out.replace(out.with_name(f"{out.stem}.attempt{n - 1}.ipynb"))
-    holder = {}; watcher = _Watcher(store, jid, n, holder, spec.get("heartbeat_interval", 0.5)); watcher.start()
+    holder = {}; watcher = _Watcher(link, jid, n, holder, spec.get("heartbeat_interval", 0.5)); watcher.start()
     try:
         with _gpu_device(spec["gpu_ids"] if spec["gpu"] else None, Path(spec["runs_dir"]) / ".locks" / socket.gethostname(), lambda: watcher.cancelled or watcher.interrupted or watcher.lost) as gid:
-            _set_device(store, jid, gid, spec); threads = spec.get("torch_threads") or _worker_torch_threads()
+            _set_device(link, jid, n, gid, spec); threads = spec.get("torch_threads") or _worker_torch_threads()
             warm = spec.get("warm_kernels", False) and not spec["gpu"]   # a GPU job gets a plain kernel: CUDA is not usable in a forked process once initialised
-            kmc = _kernel_manager_class(_job_env(spec, gid, threads), out.with_suffix(".log"), holder, Path(spec["template"]).parent, warm)
-            _papermill(spec | {"parameters": spec["parameters"] | {"torch_threads": threads}}, kmc)
+            job = spec | {"store": link.progress_target}   # where the kernel reports progress: the store, or a file this worker forwards
+            kmc = _kernel_manager_class(_job_env(job, gid, threads), out.with_suffix(".log"), holder, Path(spec["template"]).parent, warm)
+            _papermill(job | {"parameters": spec["parameters"] | {"torch_threads": threads, "job_store": link.progress_target}}, kmc)
         m = read_metrics(spec["metrics_path"]) or {}
-        return store.finish(jid, n, "completed", metrics=m, mlflow_run_id=m.pop("mlflow_run_id", None))
+        return link.finish(jid, n, "completed", metrics=m, mlflow_run_id=m.pop("mlflow_run_id", None))
     except Exception as e:
-        if watcher.cancelled: return store.finish(jid, n, "cancelled", error=f"cancelled while running (attempt {n})")
+        if watcher.cancelled: return link.finish(jid, n, "cancelled", error=f"cancelled while running (attempt {n})")
         if watcher.interrupted:   # its service was stopped (Ctrl-C): back in the queue, `finsight jobs resume` runs it
-            return store.finish(jid, n, "interrupted", error=f"attempt {n} was stopped with its service (Ctrl-C); it runs again on resume", backoff=0.0)
+            return link.finish(jid, n, "interrupted", error=f"attempt {n} was stopped with its service (Ctrl-C); it runs again on resume", backoff=0.0)
         Path(spec["metrics_path"]).unlink(missing_ok=True)   # a failed run has no result: a retry must run it again
-        return store.finish(jid, n, "failed", error=f"attempt {n}: {_error_text(e, out)}", backoff=spec["backoff"], backoff_max=spec["backoff_max"])
+        return link.finish(jid, n, "failed", error=f"attempt {n}: {_error_text(e, out)}", backoff=spec["backoff"], backoff_max=spec["backoff_max"])
     finally:
         watcher.stopping.set(); watcher.join()
         if holder.get("log"): holder["log"].close()
 
 # %% ../nbs/50a_runner.ipynb #274a62a9
-def _set_device(store: JobStore, job_id: str, gpu_id: int | None, spec: dict) -> None:
-    store.set_device(job_id, "cpu" if not spec["gpu"] else ("cuda" if gpu_id is None else f"cuda:{gpu_id}"))
+def _set_device(link: _StoreLink | _DaskLink, job_id: str, attempt: int, gpu_id: int | None, spec: dict) -> None:
+    link.set_device(job_id, attempt, "cpu" if not spec["gpu"] else ("cuda" if gpu_id is None else f"cuda:{gpu_id}"))
 
 def _papermill(spec: dict, kernel_manager_class: type) -> None:
     "Execute the template into the job's output notebook (papermill keeps the executed notebook when a cell raises)."

@@ -19,9 +19,9 @@ from .settings import ConfigError, FinsightError, get_settings, redact, secret_v
 # %% auto #0
 __all__ = ['MLFLOW_ENV_DEFAULTS', 'TrackingError', 'TrackingUnavailableError', 'TrackingFallbackWarning', 'RunStatus',
            'clean_params', 'clean_tags', 'clean_metrics', 'check_tracking_uri', 'embedded_tracking_uri',
-           'resolve_tracking_uri', 'default_experiments_dir', 'server_unreachable', 'IExperimentTracker',
-           'SimpleExperimentTracker', 'MLflowExperimentTracker', 'run_environment', 'MLflowArtifactHelper',
-           'progress_logger', 'get_tracker']
+           'resolve_tracking_uri', 'default_experiments_dir', 'cluster_tracking_uri', 'server_unreachable',
+           'IExperimentTracker', 'SimpleExperimentTracker', 'MLflowExperimentTracker', 'run_environment',
+           'MLflowArtifactHelper', 'progress_logger', 'get_tracker']
 
 # %% ../nbs/40_tracking.ipynb #d7a6fc77
 _log = logging.getLogger(__name__)
@@ -109,6 +109,22 @@ def resolve_tracking_uri(uri: str | None = None, runs_dir: str | Path | None = N
 def default_experiments_dir() -> Path:
     "`<project root>/experiments`: where the JSON tracker writes."
     return Path(get_settings().root).resolve() / "experiments"
+
+# %% ../nbs/40_tracking.ipynb #e7cce0e7
+_SHARED_SCHEMES = ("http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+def cluster_tracking_uri(uri: str | None = None, source: str = "cluster mode") -> str:
+    "The tracking URI jobs on a Dask cluster use (as `resolve_tracking_uri`); `ConfigError` for a local store or credentials in it."
+    u = resolve_tracking_uri(uri)
+    p = urllib.parse.urlsplit(u)
+    if p.scheme.lower().split("+")[0] not in _SHARED_SCHEMES:
+        where = "the embedded store" if u == embedded_tracking_uri() else repr(redact(u))
+        raise ConfigError(f"MLFLOW_TRACKING_URI: {source} needs an MLflow tracking server, not {where} (a local SQLite file or folder "
+                          f"is not safe on a file system the workers share): set MLFLOW_TRACKING_URI=http(s)://host:port")
+    if p.username or p.password:
+        raise ConfigError(f"MLFLOW_TRACKING_URI={redact(u)!r}: {source} sends the URI to every worker, so it must not hold credentials: "
+                          "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) on the workers instead")
+    return u
 
 # %% ../nbs/40_tracking.ipynb #9d2470c5
 def server_unreachable(uri: str, timeout: float = 2.0) -> str | None:

@@ -88,6 +88,9 @@ CASES = [
     ("job_unknown", ["jobs", "status", "abc"], {}, 2, "no job with an id starting 'abc'"),
     ("resume_nothing", ["jobs", "resume"], {}, 2, "no batch"),
     ("resume_unknown_batch", ["jobs", "resume", "batch-nope"], {}, 2, "no batch 'batch-nope'"),
+    ("cluster_embedded_tracking", ["batch", "--symbols", "SP500", "--scheduler", "tcp://127.0.0.1:9"], {}, 2, "needs an MLflow tracking server"),
+    ("cluster_tracking_credentials", ["batch", "--symbols", "SP500", "--scheduler", "tcp://127.0.0.1:9"],
+     {"MLFLOW_TRACKING_URI": f"http://bob:{SECRET}@127.0.0.1:9"}, 2, "MLFLOW_TRACKING_USERNAME"),
 ]
 
 

@@ -283,22 +283,68 @@ def test_jobs_in_threads_leave_the_service_working_directory_alone(nbs, runs):
     assert {s.metrics["cwd"] for s in out} == {str(Path(nbs["ok"]).parent)}
 
 
-def test_jobs_run_on_an_existing_scheduler_given_by_address(nbs, runs, tmp_path):
-    "A cluster case: a `dask scheduler` and a `dask worker` in their own processes; the service only knows the address."
-    import socket
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-    bin_ = Path(sys.executable).parent
-    env = {**os.environ, "FINSIGHT_RUNS_DIR": str(runs)}
-    sched = subprocess.Popen([str(bin_ / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+SITECUSTOMIZE = """
+import os, sys
+_log = os.environ.get("FINSIGHT_TEST_SQLITE_LOG")
+if _log:
+    def _hook(event, args, _log=_log):
+        if event == "sqlite3.connect":
+            with open(_log, "a") as f: f.write(f"{os.getpid()} {args[0]}\\n")
+    sys.addaudithook(_hook)
+"""
+
+
+def test_cluster_mode_over_tls_without_the_job_store_on_workers(nbs, runs, tmp_path, monkeypatch):
+    """Cluster mode: a TLS `dask scheduler` and `dask worker` in their own processes, a real `mlflow server`. Jobs run,
+    report progress and are cancelled through Dask; an audit hook in every worker process (the worker, its zygote and
+    the kernels it forks) records each SQLite file opened: none is."""
+    from distributed import Security
+    from mlflow.tracking import MlflowClient
+    from finsight.testing import LocalMlflowServer, free_port
+    tracked = _notebook(tmp_path / "tracked.ipynb", 'job_id = ""\nmetrics_path = ""',
+                        'import json, os, mlflow\nmlflow.set_experiment("cluster")\n'
+                        'with mlflow.start_run() as r: mlflow.log_metric("val_mae", 0.5)\n'
+                        'json.dump({"val_mae": 0.5, "worker_uri": os.environ.get("MLFLOW_TRACKING_URI"), "mlflow_run_id": r.info.run_id}, open(metrics_path, "w"))')
+    tmp = Security.temporary()
+    ca, cert, key = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    ca.write_text(tmp.tls_ca_file); cert.write_text(tmp.tls_scheduler_cert); key.write_text(tmp.tls_scheduler_key)
+    tls = ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+    site, log = tmp_path / "site", tmp_path / "sqlite.log"; site.mkdir(); (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    port, bin_ = free_port(), Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "FINSIGHT_TEST_SQLITE_LOG": str(log)}
+    sched = subprocess.Popen([str(bin_ / "dask"), "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard", *tls],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = subprocess.Popen([str(bin_ / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "2", "--no-dashboard"],
+    worker = subprocess.Popen([str(bin_ / "dask"), "worker", f"tls://127.0.0.1:{port}", "--nthreads", "3", "--no-dashboard", *tls],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = LocalMlflowServer(tmp_path / "mlflow").start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri); get_settings(refresh=True)
+    security = Security(tls_ca_file=str(ca), tls_client_cert=str(cert), tls_client_key=str(key), require_encryption=True)
+    release, started = tmp_path / "release", tmp_path / "started"
     try:
-        with TrainingService(scheduler_address=f"tcp://127.0.0.1:{port}", torch_threads=1) as svc:
+        with TrainingService(scheduler_address=f"tls://127.0.0.1:{port}", security=security, torch_threads=1, poll_interval=0.1) as svc:
             _wait_for(lambda: len(svc._dask().scheduler_info()["workers"]) == 1, timeout=60)
-            out = svc.run_batch([_req(nbs, symbol=s) for s in ("SP500", "NASDAQ")], timeout=120)
-        assert [s.status.value for s in out] == ["completed", "completed"]
-        assert {s.metrics["omp"] for s in out} == {"1"} and all(Path(s.output_notebook).exists() for s in out)
+            svc._dask().run(lambda: __import__("sqlite3").connect(":memory:").close())   # the hook works: this one is logged
+            jobs = svc.submit_batch([_req(nbs, "progress", parameters={"release": str(release)}), _req(nbs, "wait", parameters={"started": str(started)}),
+                                     {"symbol": "SP500", "template": tracked}], batch_id="cluster", check_data=False)
+            prog, wait, track = (j.job_id for j in jobs)
+            svc.start()
+            _wait_for(lambda: svc.status(prog).current_epoch == 1, timeout=90)   # progress from a kernel on the worker, through Dask
+            assert svc.status(prog).validation_loss == 0.6 and svc.status(prog).status.value == "running"
+            _wait_for(lambda: started.exists(), timeout=60); svc.cancel(wait)
+            release.touch()
+            _wait_for(lambda: all(svc.status(j.job_id).done for j in jobs), timeout=90)
+            out = {j: svc.status(j) for j in (prog, wait, track)}
+            assert svc.health().is_healthy
+        logged = MlflowClient(srv.uri).get_run(out[track].mlflow_run_id).data.metrics
     finally:
         for p in (worker, sched): p.terminate()
         for p in (worker, sched): p.wait(timeout=30)
+        srv.stop(); get_settings(refresh=True)
+    assert [out[j].status.value for j in (prog, wait, track)] == ["completed", "cancelled", "completed"], {j: (o.status, o.error) for j, o in out.items()}
+    assert out[prog].metrics == {"val_mae": 0.25} and out[prog].current_epoch == 3 and out[prog].device == "cpu"
+    assert "cancelled while running" in out[wait].error
+    assert out[track].metrics["worker_uri"] == srv.uri   # the worker had no MLFLOW_TRACKING_URI: the service passed its own
+    assert logged["val_mae"] == 0.5   # the kernel's run is on the server
+    opened = [line.split(" ", 1)[1] for line in log.read_text().splitlines()]
+    assert ":memory:" in opened and [f for f in opened if f != ":memory:"] == [], opened   # no worker process opened a SQLite file
