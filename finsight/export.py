@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/export.html.md"""
 
 # %% ../nbs/41_export.ipynb #474a4bb0
 from __future__ import annotations
-import copy, hashlib, json, logging, re, shutil, tempfile, time, uuid, warnings
+import copy, hashlib, json, logging, os, re, shutil, tempfile, time, uuid, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -431,6 +431,8 @@ def _check_out_dir(out: Path, fingerprint: str, overwrite: bool) -> None:
 
 def publish_folder(tmp: Path, out: Path) -> None:
     "Move the finished folder `tmp` to `out` by renames (an existing `out` is swapped out first and deleted after): readers see the old folder or the new one."
+    umask = os.umask(0); os.umask(umask)
+    tmp.chmod(0o777 & ~umask)   # mkdtemp made it 0700: published, it is as readable as any folder made here (a team shares runs/)
     old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}") if out.exists() else None
     if old: out.rename(old)
     try: tmp.rename(out)

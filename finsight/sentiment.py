@@ -240,7 +240,9 @@ def export_sentiment(model: TrainedSentimentModel, out_dir: str | Path, name: st
                      opset: int | None = None, overwrite: bool = False) -> dict:
     "Write ONNX, tokenizer, metadata and a Triton repository to `out_dir`, each checked; a summary with the parity found."
     out = Path(out_dir); t0 = time.perf_counter()
-    if out.exists() and any(out.iterdir()) and not overwrite: raise ExportError(f"{out} exists and is not empty: pass overwrite=True or choose another folder")
+    if out.exists() and any(out.iterdir()):   # only an earlier sentiment export is ever replaced, and only with overwrite=True
+        if not (out / EXPORT_META).is_file(): raise ExportError(f"{out} holds files that are not a FinSight sentiment export (no {EXPORT_META}): choose a new or empty folder; nothing was written")
+        if not overwrite: raise ExportError(f"{out} holds an earlier sentiment export: pass overwrite=True to replace it, or choose another folder")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name): raise ExportError(f"name={name!r} is invalid: letters, digits, '_', '-', '.' only (it names the Triton model)")
     out.parent.mkdir(parents=True, exist_ok=True)
     adapter, tmp = model.adapter.to("cpu"), Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))   # beside `out`: published by a rename

@@ -6,7 +6,8 @@ Docs: https://finsight.github.io/finsight/tasks.html.md"""
 
 # %% ../nbs/45_tasks.ipynb #7f77b373
 from __future__ import annotations
-import json, re, secrets, time
+import errno, json, re, secrets, time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
@@ -31,9 +32,9 @@ from .tune import TuneResult, plot_study, tune
 from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_table, train_sentiment, write_sentiment_run
 
 # %% auto #0
-__all__ = ['TASKS', 'JobParams', 'JobSummary', 'TaskError', 'Task', 'register_task', 'get_task', 'available_tasks',
-           'ForecastParams', 'ForecastTask', 'BacktestParams', 'BacktestTask', 'TuneParams', 'TuneTask',
-           'SentimentParams', 'SentimentTask']
+__all__ = ['OWNER_FILE', 'TASKS', 'JobParams', 'JobSummary', 'TaskError', 'JobOutputError', 'Task', 'folder_owner_problem',
+           'writing', 'register_task', 'get_task', 'available_tasks', 'ForecastParams', 'ForecastTask',
+           'BacktestParams', 'BacktestTask', 'TuneParams', 'TuneTask', 'SentimentParams', 'SentimentTask']
 
 # %% ../nbs/45_tasks.ipynb #f8ea8604
 class JobParams(CheckedModel):
@@ -85,6 +86,9 @@ class JobSummary:
 class TaskError(FinsightError, ValueError):
     "A task is unknown, or cannot run what was asked (a model it does not have, data it cannot find)."
 
+class JobOutputError(FinsightError, OSError):
+    "A job could not write its files (disk full, file too large, read-only folder, no permission): the message names the step and the folder."
+
 class Task:
     "A kind of job: its parameters and config, its papermill template, how it runs, what it reports and records."
     name: ClassVar[str] = ""
@@ -109,7 +113,7 @@ def params(self: Task, params: JobParams | dict | None = None, **kw) -> JobParam
     p = params if isinstance(params, self.params_model) and not kw else self.params_model(**{**(params.to_dict() if isinstance(params, JobParams) else dict(params or {})), **kw})
     if not p.model_type: p.model_type = self.model_types()[0]
     if p.model_type not in self.model_types(): raise TaskError(f"task {self.name!r} has no model type {p.model_type!r}; it has {', '.join(self.model_types())}")
-    self.config(p); p.output_dir = str(self.output_folder(p)); return p   # pinned: a run's own folder from here on
+    self.config(p); p.output_dir = str(self.output_folder(p, claim=False)); return p   # pinned: a run's own folder from here on
 
 @patch
 def params_from(self: Task, namespace: dict) -> JobParams:
@@ -127,13 +131,31 @@ def job_name(self: Task, p: JobParams) -> str:
     "`<symbol>_<timeframe>_<model>` for tasks per timeframe, else `<symbol>_<task>_<model>`."
     return "_".join([p.symbol, p.timeframe if self.uses_timeframe else self.name, p.model_type])
 
+OWNER_FILE = ".finsight-job.json"   # the marker of the job that owns a folder
+
+def folder_owner_problem(folder: Path, owner: dict) -> str | None:
+    "Why job `owner` ({'task', 'job'}) may not write to `folder`; None when it is new, empty or already the same job's."
+    marker = Path(folder) / OWNER_FILE
+    if marker.is_file():
+        try: old = json.loads(marker.read_text())
+        except ValueError: old = {}
+        old = {k: old.get(k) for k in ("task", "job")} if isinstance(old, dict) else {}
+        return None if old == owner else f"belongs to another job ({old.get('task')!r} job {old.get('job')!r}; this is {owner['task']!r} job {owner['job']!r})"
+    if Path(folder).exists() and not Path(folder).is_dir(): return "is a file"
+    if Path(folder).is_dir() and any(Path(folder).iterdir()): return f"holds files that no FinSight job marked as its own (no {OWNER_FILE})"
+    return None
+
 @patch
-def output_folder(self: Task, p: JobParams) -> Path:
-    "Where the job writes, resolved; `ConfigError` when it lies outside the runs folder."
+def output_folder(self: Task, p: JobParams, claim: bool = True) -> Path:
+    "Where the job writes, resolved and (with `claim`) created with the job's marker; `ConfigError` outside the runs folder or for a folder not the job's own."
     runs = get_settings().path("runs_dir").resolve()
     own = lambda: runs / "jobs" / self.job_name(p) / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"   # this run's own folder
     out = (Path(p.output_dir).expanduser() if p.output_dir else own()).resolve()
     if not out.is_relative_to(runs): raise ConfigError(f"output_dir {str(out)!r} lies outside the runs folder {runs}: jobs write inside it (set FINSIGHT_RUNS_DIR to move it)")
+    owner = {"task": self.name, "job": self.job_name(p)}
+    if why := folder_owner_problem(out, owner): raise ConfigError(f"output_dir {str(out)!r} {why}: choose a new or empty folder; nothing was written or replaced")
+    if claim and not (out / OWNER_FILE).is_file():
+        out.mkdir(parents=True, exist_ok=True); write_json(out / OWNER_FILE, owner | {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return out
 
 @patch
@@ -207,14 +229,26 @@ def write_summary(self: Task, p: JobParams, summary: JobSummary) -> Path:
 def run(self: Task, params: JobParams | dict | None = None, callbacks: list[Callable] = (), progress: bool = True, **kw) -> JobSummary:
     "The whole job in this process (what the template runs cell by cell); its summary, also written to the job folder."
     p, t0 = self.params(params, **kw), time.perf_counter()
-    folder = self.output_folder(p)
-    data, _ = self.load(p)
-    outcome = self.train(p, data, callbacks, progress)
-    self.save_outputs(p, outcome, folder)
-    exported = self.export(p, outcome, folder)
-    summary = self.summarize(p, outcome, time.perf_counter() - t0, self.record(p, outcome, data, exported), exported, data)
-    self.write_summary(p, summary)
+    data, _ = self.load(p)   # bad data leaves no folder behind
+    with writing("creating the job folder", p.output_dir): folder = self.output_folder(p)
+    with writing("training (checkpoints)", folder): outcome = self.train(p, data, callbacks, progress)
+    with writing("saving the plots and tables", folder): self.save_outputs(p, outcome, folder)
+    with writing("exporting the model", folder): exported = self.export(p, outcome, folder)
+    with writing("recording the run", folder): summary = self.summarize(p, outcome, time.perf_counter() - t0, self.record(p, outcome, data, exported), exported, data)
+    with writing("writing the summary", folder): self.write_summary(p, summary)
     return summary
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+@contextmanager
+def writing(step: str, folder: str | Path):
+    "Turn a failed write (full disk, file too large, read-only, no permission) in `step` into a `JobOutputError` naming the step and the folder."
+    try: yield
+    except OSError as e:
+        if isinstance(e, FinsightError) or e.errno not in _WRITE_ERRNOS: raise
+        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        raise JobOutputError(f"{step}: cannot write in {folder} ({what}); files finished before it stay as they were (exports and checkpoints are "
+                             f"published whole or not at all): free space or fix the folder's permissions, then run the job again") from e
 
 # %% ../nbs/45_tasks.ipynb #9d94e2e2
 TASKS: dict[str, Task] = {}

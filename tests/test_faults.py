@@ -226,3 +226,52 @@ def test_two_runs_of_one_job_at_once_each_get_their_own_folder(tmp_path):
     for d in dirs:
         m = json.loads((d / "metrics.json").read_text())
         assert m["output_dir"] == str(d) and (d / "model" / "export.json").is_file() and list((d / "checkpoints").rglob("epoch_*.pt"))
+
+
+def _file_size_limit(limit: int):
+    "preexec_fn: Ctrl-C's default, and no file may grow past `limit` bytes (the write fails with EFBIG, as on a full disk)."
+    import resource
+    def pre():
+        signal.signal(signal.SIGINT, signal.SIG_DFL); signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return pre
+
+
+def test_a_job_that_cannot_write_fails_in_one_line_and_keeps_what_it_finished(tmp_path):
+    """Every file write of `finsight train` fails past 100 KB (RLIMIT_FSIZE: EFBIG, the same OSError path as a full disk):
+    one line naming the step and the folder, exit 1; the checkpoints written before stay loadable, no half-written
+    export is left; run again with room in the same folder (the job's own, by its marker), the job completes."""
+    from finsight.training import load_checkpoint
+    env = os.environ | {"FINSIGHT_RUNS_DIR": str(tmp_path / "runs")}
+    args = ["train", "SP500", "--model", "dlinear", "--set", "num_epochs=2", "--param", 'export_formats=["pt"]']
+    p = subprocess.run([*CLI, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(100_000))
+    lines = [l for l in p.stderr.splitlines() if l.startswith("finsight:")]
+    assert p.returncode == 1 and len(lines) == 1 and "Traceback" not in p.stderr, (p.returncode, p.stderr[-2000:])
+    assert "exporting the model: cannot write in" in lines[0] and "File too large" in lines[0], lines[0]
+    folder = Path(lines[0].split("cannot write in ")[1].split(" (")[0])
+    assert folder.parent == tmp_path / "runs" / "jobs" / "SP500_1d_dlinear" and (folder / ".finsight-job.json").is_file()
+    ckpts = sorted(folder.rglob("epoch_*.pt"))
+    assert ckpts and all(load_checkpoint(c)["epoch"] >= 1 for c in ckpts)                  # finished checkpoints are whole
+    assert not (folder / "model").exists() and not list(folder.glob(".model*")), sorted(f.name for f in folder.iterdir())   # no half export
+    r = subprocess.run([*CLI, *args, "--param", f"output_dir={folder}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (folder / "model" / "export.json").is_file() and json.loads((folder / "metrics.json").read_text())["output_dir"] == str(folder)
+
+
+def test_two_batches_at_once_on_one_runs_folder(tmp_path):
+    """Two `finsight batch` processes at the same time on one runs folder (one job store): each runs its own batch's jobs,
+    every job completes exactly once, and the two batches' folders and notebooks are apart."""
+    env = os.environ | {"FINSIGHT_RUNS_DIR": str(tmp_path / "runs")}
+    common = ["--symbols", "SP500", "NASDAQ", "--models", "dlinear", "--max-concurrent", "1", "--set", "num_epochs=1", "--param", "export_formats=[]"]
+    ps = [_finsight("batch", *common, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in ps]
+    assert [p.returncode for p in ps] == [0, 0], [o[1][-1500:] for o in outs]
+    with sqlite3.connect(tmp_path / "runs" / "jobs.db") as c:
+        rows = c.execute("SELECT batch_id, status, attempts, output_notebook, request FROM jobs ORDER BY seq").fetchall()
+    batches = sorted({r[0] for r in rows})
+    assert len(batches) == 2 and sorted((r[0], json.loads(r[4])["symbol"]) for r in rows) == sorted((b, s) for b in batches for s in ("NASDAQ", "SP500"))
+    assert all(r[1] == "completed" and r[2] == 1 for r in rows), rows                      # each job ran once, by its own batch
+    for r in rows:
+        assert Path(r[3]).is_file() and Path(r[3]).parent == tmp_path / "runs" / r[0]
+    assert all("SP500" in o[0] and "NASDAQ" in o[0] for o in outs)                          # each prints its own leaderboard
