@@ -275,3 +275,25 @@ def test_two_batches_at_once_on_one_runs_folder(tmp_path):
     for r in rows:
         assert Path(r[3]).is_file() and Path(r[3]).parent == tmp_path / "runs" / r[0]
     assert all("SP500" in o[0] and "NASDAQ" in o[0] for o in outs)                          # each prints its own leaderboard
+
+
+def test_a_read_only_output_folder_is_one_line_and_nothing_is_written(tmp_path):
+    """`output_dir` a folder the job may not write (mode 0555; as root, the job's process drops the capabilities that
+    let root ignore modes, so the mode holds): exit 1, one line naming the step, the folder and the permission;
+    nothing is written in it."""
+    import ctypes
+    runs, out = tmp_path / "runs", tmp_path / "runs" / "jobs" / "mine"
+    out.mkdir(parents=True); out.chmod(0o555)
+    env = os.environ | {"FINSIGHT_RUNS_DIR": str(runs)}
+    def pre():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if os.geteuid() == 0:   # PR_CAPBSET_DROP (24) of CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2): gone after exec
+            libc = ctypes.CDLL(None, use_errno=True)
+            for cap in (1, 2):
+                if libc.prctl(24, cap, 0, 0, 0) != 0: raise OSError(ctypes.get_errno(), "cannot drop CAP_DAC_OVERRIDE")
+    r = subprocess.run([*CLI, "train", "SP500", "--model", "dlinear", "--set", "num_epochs=1", "--param", f"output_dir={out}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=pre)
+    lines = [l for l in r.stderr.splitlines() if l.startswith("finsight:")]
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-2000:])
+    assert f"creating the job folder: cannot write in {out} (Permission denied" in lines[0], lines[0]
+    assert list(out.iterdir()) == []
