@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/tasks.html.md"""
 
 # %% ../nbs/45_tasks.ipynb #7f77b373
 from __future__ import annotations
-import errno, json, re, secrets, time
+import errno, json, re, secrets, time, warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from .settings import CheckedModel, ConfigError, FinsightError, get_settings, write_json
 from .data.sources import DataLoaderType, TimeFrame, check_symbol, data_fingerprint
 from .data.loaders import get_data_loader
-from .data.splits import temporal_split
+from .data.splits import Fold, temporal_split
 from .data.texts import as_text_split, sentiment_dataset_path, validate_texts
 from .features import BasicFeatureEngineering
 from .models import ModelConfig, ModelFactory, ModelType
@@ -28,13 +28,15 @@ from .tracking import IExperimentTracker, check_tracking_uri, get_tracker
 from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_figures, save_plots
 from .registry import registered_name, save_model_dir, try_register
 from .backtest import Backtest, backtest, plot_backtest
+from .probabilistic import ProbabilisticError, ProbBacktest, plot_calibration, plot_fan, prob_backtest, prob_summary
 from .tune import TuneResult, plot_study, tune
 from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_table, train_sentiment, write_sentiment_run
 
 # %% auto #0
 __all__ = ['OWNER_FILE', 'TASKS', 'JobParams', 'JobSummary', 'TaskError', 'JobOutputError', 'Task', 'folder_owner_problem',
            'writing', 'register_task', 'get_task', 'available_tasks', 'ForecastParams', 'ForecastTask',
-           'BacktestParams', 'BacktestTask', 'TuneParams', 'TuneTask', 'SentimentParams', 'SentimentTask']
+           'BacktestParams', 'BacktestTask', 'prob_metrics', 'TuneParams', 'TuneTask', 'SentimentParams',
+           'SentimentTask']
 
 # %% ../nbs/45_tasks.ipynb #f8ea8604
 class JobParams(CheckedModel):
@@ -380,6 +382,7 @@ class BacktestParams(ForecastParams):
     bootstrap_reps: int = Field(1000, ge=10, le=100_000)
     workers: int = Field(1, ge=1, le=256)  # Dask worker processes running folds (tune: trials) at once; 1: in the job's own process
     scheduler_address: str = ""  # an existing Dask scheduler to run them on instead (it needs free slots besides the job's own)
+    probabilistic: bool = True  # backtest: also score historical simulation and GARCH(1,1)-t quantile forecasts on the same folds (`finsight.probabilistic`)
 
 class BacktestTask(ForecastTask):
     "A rolling-origin backtest of a forecaster beside naive, drift, seasonal naive and AR baselines, with intervals and Diebold–Mariano tests."
@@ -396,18 +399,35 @@ class BacktestTask(ForecastTask):
 @patch
 def train(self: BacktestTask, p: BacktestParams, bars: pd.DataFrame, callbacks=(), progress: bool = True) -> Backtest:
     "Backtest the job's model on the bars (every fold fitted on its own past)."
-    return backtest(bars, p.model_type, self.config(p), p.folds, p.mode, p.embargo, p.refit_every, p.warm_start, p.test_size, p.train_size, p.val_fraction,
-                    timeframe=p.timeframe, symbol=p.symbol, device=_device(p), callbacks=callbacks, progress=progress, level=p.level, reps=p.bootstrap_reps,
-                    workers=p.workers, scheduler_address=p.scheduler_address or None)
+    bt = backtest(bars, p.model_type, self.config(p), p.folds, p.mode, p.embargo, p.refit_every, p.warm_start, p.test_size, p.train_size, p.val_fraction,
+                  timeframe=p.timeframe, symbol=p.symbol, device=_device(p), callbacks=callbacks, progress=progress, level=p.level, reps=p.bootstrap_reps,
+                  workers=p.workers, scheduler_address=p.scheduler_address or None)
+    bt.prob = None
+    if p.probabilistic:   # the distribution baselines on the backtest's own folds
+        ix = bars.index
+        plan = [Fold(int(r.fold), slice(ix.get_loc(r.train_start), ix.get_loc(r.train_end) + 1), slice(ix.get_loc(r.test_start), ix.get_loc(r.test_end) + 1))
+                for r in bt.folds.itertuples()]
+        try: bt.prob = prob_backtest(bars, self.config(p).prediction_length, plan=plan, progress=False)
+        except ProbabilisticError as e: warnings.warn(f"{self.job_name(p)}: no probabilistic baselines ({e})")
+    return bt
+
+def prob_metrics(pb: ProbBacktest | None) -> dict:
+    "Flat numbers of the probabilistic baselines: CRPS and 50%/90% coverage of each, GARCH's p-value against historical simulation (`prob_` first)."
+    if pb is None: return {}
+    s = prob_summary(pb); m = {f"prob_{n}_{k}": float(s.loc[n, k]) for n in s.index for k in ("crps", "cov50", "cov90") if k in s and not (n == "naive" and k != "crps")}
+    return m | ({"prob_garch_t_p_vs_hist_sim": float(s.loc["garch_t", "p_vs_hist_sim"])} if "p_vs_hist_sim" in s and "garch_t" in s.index else {})
 
 @patch
-def metrics_of(self: BacktestTask, outcome: Backtest) -> dict: return outcome.metrics()
+def metrics_of(self: BacktestTask, outcome: Backtest) -> dict: return outcome.metrics() | prob_metrics(getattr(outcome, "prob", None))
 @patch
 def metrics_table(self: BacktestTask, outcome: Backtest) -> pd.DataFrame: return outcome.summary()
 @patch
 def save_outputs(self: BacktestTask, p: BacktestParams, outcome: Backtest, folder: Path) -> dict[str, Path]:
-    "The forecasts (Parquet), the report tables and the plots in the job folder; the plots' paths."
-    outcome.save(folder); return save_figures(plot_backtest(outcome), folder)
+    "The forecasts (Parquet), the report tables and the plots in the job folder (the probabilistic baselines' in `probabilistic/`); the plots' paths."
+    outcome.save(folder); figs = plot_backtest(outcome)
+    if (pb := getattr(outcome, "prob", None)) is not None:
+        pb.save(folder / "probabilistic"); figs |= {"prob_fan": plot_fan(pb, "garch_t"), "prob_calibration": plot_calibration(pb)}
+    return save_figures(figs, folder)
 
 # %% ../nbs/45_tasks.ipynb #715cdc30
 @patch
@@ -419,8 +439,9 @@ def record(self: BacktestTask, p: BacktestParams, outcome: Backtest, bars=None, 
                            "finsight.best_baseline": m["best_baseline"]} | ({"finsight.data_hash": data_fingerprint(bars, p.symbol, p.timeframe)["hash"]} if bars is not None else {})
     with tracker.run(self.job_name(p), tags) as rid:
         tracker.log_params_sync(p.to_dict() | self.config(p).to_dict() | {"season": outcome.info.get("season")})
-        tracker.log_metrics_sync({k: v for k, v in m.items() if isinstance(v, (int, float))})
-        for f in sorted(folder.glob("backtest*")) + [folder / "forecasts.parquet"]: tracker.log_artifact_sync(f, None, rid)
+        tracker.log_metrics_sync({k: v for k, v in (m | prob_metrics(getattr(outcome, "prob", None))).items() if isinstance(v, (int, float))})
+        for f in sorted(folder.glob("backtest*")) + sorted(folder.glob("prob_*.png")) + [folder / "forecasts.parquet"]: tracker.log_artifact_sync(f, None, rid)
+        if (folder / "probabilistic").is_dir(): tracker.log_artifact_sync(folder / "probabilistic", "probabilistic", rid)
         for _, row in outcome.by_fold().iterrows():
             with tracker.run(f"{self.job_name(p)} fold {row['fold']}", tags | {"finsight.kind": "backtest_fold"}, nested=True):
                 tracker.log_params_sync({k: str(row[k]) for k in ("fold", "train_start", "train_end", "test_start", "test_end", "refit", "ar_order")})

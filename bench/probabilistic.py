@@ -1,0 +1,45 @@
+"""The distribution and volatility baselines' cost per fold, beside one model fold's training: historical simulation
+and GARCH(1,1)-t quantile forecasts (`prob_backtest`), and naive, HAR-RV and GARCH variance forecasts
+(`vol_backtest`), on the bundled S&P 500 daily bars, with the folds of an expanding backtest.
+
+    python bench/probabilistic.py [--folds 8] [--epochs 3] [--rounds 3]
+"""
+from __future__ import annotations
+import argparse, statistics, sys, time, warnings
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import table, write_section
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folds", type=int, default=8); ap.add_argument("--epochs", type=int, default=3); ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    from finsight.backtest import fit_fold, plan_folds
+    from finsight.data.sources import load_bundled
+    from finsight.features import BasicFeatureEngineering
+    from finsight.models import ModelConfig
+    from finsight.probabilistic import prob_backtest, vol_backtest
+    bars, cfg = load_bundled("SP500"), ModelConfig(num_epochs=a.epochs, early_stopping_patience=a.epochs + 1)
+    plan = plan_folds(len(bars), cfg, BasicFeatureEngineering().warmup, a.folds)
+    times = {"prob": [], "vol": [], "dlinear": [], "patchtst": []}
+    for _ in range(a.rounds):
+        t0 = time.perf_counter(); pb = prob_backtest(bars, cfg.prediction_length, plan=plan, progress=False); times["prob"].append((time.perf_counter() - t0) / len(plan))
+        t0 = time.perf_counter(); vb = vol_backtest(bars, horizon=1, folds=a.folds, progress=False); times["vol"].append((time.perf_counter() - t0) / a.folds)
+        for m in ("dlinear", "patchtst"):
+            t0 = time.perf_counter(); fit_fold(bars, plan[-1], m, cfg); times[m].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = [{"per fold": "historical simulation + GARCH(1,1)-t quantiles (prob_backtest)", "seconds": med["prob"], "vs one PatchTST fold": med["prob"] / med["patchtst"]},
+            {"per fold": "naive + HAR-RV + GARCH variance (vol_backtest)", "seconds": med["vol"], "vs one PatchTST fold": med["vol"] / med["patchtst"]},
+            {"per fold": f"DLinear training, last fold ({a.epochs} epochs)", "seconds": med["dlinear"], "vs one PatchTST fold": med["dlinear"] / med["patchtst"]},
+            {"per fold": f"PatchTST training, last fold ({a.epochs} epochs)", "seconds": med["patchtst"], "vs one PatchTST fold": 1.0}]
+    s = pb.forecasts.groupby("fold").size().median()
+    body = (table(rows) + f"\n\n{len(bars)} S&P 500 daily bars, {len(plan)} expanding folds (about {int(s)} origin-horizon rows per fold, "
+            f"horizon {cfg.prediction_length}); medians of {a.rounds} rounds. The probabilistic heads (NLL, quantile) are not built yet, so "
+            "their training throughput beside the MSE head is not measured here (issue 12, item 1).")
+    write_section("Probabilistic baselines", body, "python bench/probabilistic.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
