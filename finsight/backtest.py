@@ -188,7 +188,8 @@ def _run_group(bars: pd.DataFrame, group: list[Fold], mt: str, config: ModelConf
         if refit: fm = fit_fold(bars, f, mt, config, make_features, val_fraction, fm if warm_start else None, device, callbacks)
         out = forecast_fold(fm, bars, f)
         ar = select_ar(close[f.train], _val_rows(f.train.stop - f.train.start, val_fraction, h), h, max_ar_order)
-        fc = {"model": out["pred"]} | baseline_forecasts(close, out["pos"], h, f.train.start, season, ar)
+        qs = {f"model_q{a:g}": out["quantiles"][..., i] for i, a in enumerate(out["levels"])} if "quantiles" in out else {}   # a quantile model's levels
+        fc = {"model": out["pred"]} | qs | baseline_forecasts(close, out["pos"], h, f.train.start, season, ar)
         parts.append(_tidy(f.k, bars.index, out["pos"], close, fc, naive_scale(close[f.train])))
         rows.append({"fold": f.k, "train_start": bars.index[f.train.start], "train_end": bars.index[f.train.stop - 1], "test_start": bars.index[f.test.start],
                      "test_end": bars.index[f.test.stop - 1], "origins": len(out["pos"]), "refit": refit, "epochs": fm.epochs if refit else 0,

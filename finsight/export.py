@@ -143,7 +143,7 @@ class ExportResult(BaseModel):
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     input_shape: list  # ["batch", context_length, n_channels]
-    output_shape: list  # ["batch", prediction_length]
+    output_shape: list  # ["batch", prediction_length] (a quantile model: ["batch", prediction_length, quantiles])
     channels: list[str]
     target_index: int
     target: dict  # the TargetTransform that turns forecasts into prices
@@ -383,7 +383,7 @@ def check_triton_config(model_dir: str | Path): # a model folder of a Triton rep
 # %% ../nbs/41_export.ipynb #51caaeb4
 def _write_triton(job: _Job, root: Path) -> list[Path]:
     "A Triton model repository under `root`: the ONNX model, and the TorchScript one when `job.triton_pytorch`."
-    c = job.trained.config; ins, out = {INPUT_NAME: [c.context_length, job.trained.adapter.n_channels]}, [c.prediction_length]
+    c = job.trained.config; ins, out = {INPUT_NAME: [c.context_length, job.trained.adapter.n_channels]}, list(job.trained.adapter.output_shape)   # (horizon[, quantiles])
     models = [(job.name, "onnxruntime_onnx", {OUTPUT_NAME: out}, _write_onnx, "onnx")]
     if job.triton_pytorch: models.append((f"{job.name}_libtorch", "pytorch_libtorch", {f"{OUTPUT_NAME}__0": out}, _write_torchscript, "torchscript"))
     files = []
@@ -487,7 +487,7 @@ def _opset(folder: Path, formats: dict) -> int | None:
 def _meta(trained: TrainedModel, name: str, out: Path, fp: str, x: torch.Tensor, **kw) -> ExportResult:
     c, ad = trained.config, trained.adapter
     return ExportResult(name=name, out_dir=str(out), model_type=trained.model_type, symbol=trained.symbol, timeframe=trained.timeframe,
-                        fingerprint=fp, input_shape=["batch", c.context_length, ad.n_channels], output_shape=["batch", c.prediction_length],
+                        fingerprint=fp, input_shape=["batch", c.context_length, ad.n_channels], output_shape=["batch", *ad.output_shape],
                         channels=list(trained.features.columns_), target_index=ad.target_index, target=trained.target.state(), n_windows=len(x),
                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=_versions(), **kw)
 

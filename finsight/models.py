@@ -19,9 +19,9 @@ from pydantic import Field, model_validator
 from .settings import CheckedModel, ConfigError, FinsightError, atomic_path, describe, get_settings
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'ModelError', 'ModelConfig', 'ModelType', 'ModelAdapter', 'BaseTimeSeriesAdapter', 'load_adapter',
-           'ModelFactory', 'HFForecaster', 'patchtst_config', 'PatchTSTAdapter', 'patchtsmixer_config',
-           'PatchTSMixerAdapter', 'check_adapter', 'MovingAverage', 'DLinear', 'DLinearAdapter']
+__all__ = ['CHECKPOINT_FORMAT', 'ModelError', 'check_levels', 'ModelConfig', 'ModelType', 'ModelAdapter', 'BaseTimeSeriesAdapter',
+           'pinball_loss', 'load_adapter', 'ModelFactory', 'HFForecaster', 'patchtst_config', 'PatchTSTAdapter',
+           'patchtsmixer_config', 'PatchTSMixerAdapter', 'check_adapter', 'MovingAverage', 'DLinear', 'DLinearAdapter']
 
 # %% ../nbs/20_models.ipynb #c8dfa875
 class ModelError(FinsightError, ValueError):
@@ -47,6 +47,24 @@ def _check_config(c):
     c.__dict__["num_patches"] = n
     if c.d_model % c.n_heads: raise ConfigError(f"d_model={c.d_model} must be divisible by n_heads={c.n_heads}")
     return c
+
+def _check_heads(c):
+    "Raise `ConfigError` if the loss, quantile levels and target do not fit together."
+    q = check_levels(c.quantiles)
+    if c.loss != "mse" and 0.5 not in q: raise ConfigError(f"quantiles={list(q)} must hold 0.5: the median is a probabilistic model's point forecast")
+    if c.loss == "quantile" and c.target_transform == "return":
+        raise ConfigError("loss='quantile' needs target_transform 'log_return' or 'price': the quantiles of compounded simple returns are not those of their parts")
+    return c
+
+def check_levels(levels, name: str = "quantiles", error: type = ConfigError) -> tuple[float, ...]:
+    "Quantile levels as a tuple; `error` naming `name` for levels outside (0, 1), repeated or unsorted."
+    try: q = [float(x) for x in levels]
+    except (TypeError, ValueError): raise error(f"{name}={levels!r} must be a list of numbers in (0, 1)") from None
+    if not q: raise error(f"{name} is empty: give levels in (0, 1), e.g. [0.05, 0.25, 0.5, 0.75, 0.95]")
+    if bad := [x for x in q if not 0 < x < 1]: raise error(f"{name} {bad} lie outside (0, 1): a quantile level is a probability strictly between 0 and 1")
+    if len(set(q)) < len(q): raise error(f"{name} {q} repeat {sorted({x for x in q if q.count(x) > 1})}: give each level once")
+    if q != sorted(q): raise error(f"{name} {q} are not sorted: write them in increasing order, {sorted(q)}")
+    return tuple(q)
 
 # %% ../nbs/20_models.ipynb #e6536f12
 class ModelConfig(CheckedModel):
@@ -80,9 +98,12 @@ class ModelConfig(CheckedModel):
     target_column: str = Field("close", min_length=1)
     target_transform: Literal["price", "return", "log_return"] = "log_return"
     model_params: dict[str, int | float | str | bool] = {}  # options of a custom model, checked by its adapter
+    loss: Literal["mse", "quantile", "nll"] = "mse"  # mse: a point forecast; quantile: pinball loss on `quantiles` (models that declare it); nll: a distribution head
+    quantiles: list[float] = [0.05, 0.25, 0.5, 0.75, 0.95]  # the levels a probabilistic model forecasts (0.5 among them: the point forecast)
+    distribution: Literal["normal", "student_t"] = "student_t"  # loss="nll": the distribution of the head
 
     @model_validator(mode="after")
-    def _derive_and_check(self): return _check_config(self)
+    def _derive_and_check(self): return _check_heads(_check_config(self))
 
     def assigned(self, name: str, value) -> dict:
         "The fields after `name = value`: `num_patches` (and a stride never set) follow the geometry they derive from."
@@ -158,6 +179,7 @@ class BaseTimeSeriesAdapter(ModelAdapter):
     "A forecaster: `module` maps past_values (batch, context, channels) to the target's forecast (batch, horizon)."
     _train_model: Callable | None = None  # a subclass that trains itself: `_train_model(train, val, **fit_kwargs) -> TrainResult | None`
     search_space: dict = {}  # what `finsight tune` searches by default: field -> {"low", "high", "log"} or {"choices": [...]}
+    heads: tuple[str, ...] = ("mse",)  # the losses (`ModelConfig.loss`) this model can be trained with; "quantile": its module outputs (batch, horizon, quantiles)
 
     def __init__(self, config: ModelConfig | dict, # hyperparameters (a dict is checked into a `ModelConfig`)
                  n_channels: int, # feature channels in each window
@@ -170,12 +192,34 @@ class BaseTimeSeriesAdapter(ModelAdapter):
         if not 0 <= target_index < n_channels:
             raise ConfigError(f"target_index={target_index!r} must be a channel index between 0 and {n_channels - 1}")
         self.n_channels, self.target_index, self.extra = n_channels, target_index, {}
+        if self.config.loss not in self.heads:
+            raise ConfigError(f"loss={self.config.loss!r}: {type(self).__name__} has no {self.config.loss} head; it is trained with loss in {list(self.heads)}"
+                              + (" (distribution heads are not built yet)" if self.config.loss == "nll" else ""))
+        if self.config.loss == "quantile":   # log returns: step k forecasts quantiles of the return up to k (`TargetTransform.decode_quantiles`)
+            self.loss = pinball_loss(self.config.quantiles, cumulative=self.config.target_transform == "log_return")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             self.module = self._create_model()
 
     def _create_model(self) -> nn.Module: raise NotImplementedError(f"{type(self).__name__} must implement _create_model()")
     def layout(self) -> dict: return {"n_channels": self.n_channels, "target_index": self.target_index}
+    @property
+    def levels(self) -> tuple[float, ...]:
+        "The quantile levels the module outputs (empty for a point forecaster)."
+        return tuple(self.config.quantiles) if self.config.loss == "quantile" else ()
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        "The module's output for one window: (horizon,) or (horizon, quantiles)."
+        return (self.config.prediction_length,) + ((len(self.levels),) if self.levels else ())
+
+def pinball_loss(levels, cumulative: bool = False) -> Callable:
+    "Mean pinball loss of quantile forecasts (batch, horizon, levels) against targets (batch, horizon) (`cumulative`: against their running sums)."
+    a = torch.tensor(list(levels), dtype=torch.float32)
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if cumulative: target = target.cumsum(dim=1)
+        d = target.unsqueeze(-1) - pred; w = a.to(pred.device, pred.dtype)
+        return torch.maximum(w * d, (w - 1) * d).mean()
+    return loss
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name}, {self.n_channels} channels, target {self.target_index}, "
                 f"context {self.config.context_length}, horizon {self.config.prediction_length}, {self.num_parameters:,} parameters)")
@@ -195,7 +239,7 @@ def _check_input(self: BaseTimeSeriesAdapter, x: torch.Tensor) -> None:
 def predict(self: BaseTimeSeriesAdapter, past_values, # (batch, context, channels) or one window (context, channels)
              batch_size: int | None = None, # windows per forward pass (default: config.batch_size)
             ) -> np.ndarray:
-    "Forecasts of the target, (batch, horizon), or (horizon,) for a single window."
+    "Forecasts of the target, (batch, horizon), or (horizon,) for a single window; a quantile model adds a last axis of its levels."
     x = past_values.float() if torch.is_tensor(past_values) else torch.from_numpy(np.asarray(past_values, dtype=np.float32))
     single = x.ndim == 2
     x = x[None] if single else x
@@ -204,7 +248,7 @@ def predict(self: BaseTimeSeriesAdapter, past_values, # (batch, context, channel
     self.module.eval()
     try: out = [self.module(b.to(dev)).float().cpu() for b in x.split(batch_size or self.config.batch_size)]
     finally: self.module.train(was_training)
-    y = torch.cat(out).numpy() if out else np.zeros((0, self.config.prediction_length), np.float32)
+    y = torch.cat(out).numpy() if out else np.zeros((0, *self.output_shape), np.float32)
     return y[0] if single else y
 
 # %% ../nbs/20_models.ipynb #ace49ba5
@@ -415,7 +459,9 @@ def check_adapter(adapter: BaseTimeSeriesAdapter, batch: int = 4, seed: int = 0)
         m.zero_grad(); m.eval()
         with torch.no_grad(): y, y2 = m(x), m(x)
     finally: m.train(was_training)
-    if tuple(y.shape) != (batch, c.prediction_length): raise ModelError(f"{type(adapter).__name__}.module maps {tuple(x.shape)} to {tuple(y.shape)}, not ({batch}, {c.prediction_length})")
+    want = (batch, *adapter.output_shape)
+    if tuple(y.shape) != want: raise ModelError(f"{type(adapter).__name__}.module maps {tuple(x.shape)} to {tuple(y.shape)}, not {want}")
+    if adapter.levels and not bool((y.diff(dim=-1) >= 0).all()): raise ModelError(f"{type(adapter).__name__}.module gives crossing quantiles: they must be sorted along the last axis")
     if not torch.isfinite(y).all() or not torch.equal(y, y2): raise ModelError(f"{type(adapter).__name__}.module gives non-finite or non-deterministic eval output")
     return y
 
@@ -435,10 +481,12 @@ class DLinear(nn.Module):
     def __init__(self, context_length: int, prediction_length: int, n_channels: int, target_index: int = 0,
                  kernel_size: int = 25, # moving-average window of the trend
                  channel_mixing: bool = False, # forecast every channel, then combine them (else the target only)
+                 n_quantiles: int = 0, # > 0: forecast that many quantiles per step, sorted (a pinball-loss head)
                 ):
         super().__init__()
-        self.target_index, self.decompose = target_index, MovingAverage(kernel_size)
-        self.trend, self.remainder = nn.Linear(context_length, prediction_length), nn.Linear(context_length, prediction_length)
+        self.target_index, self.decompose, self.h, self.q = target_index, MovingAverage(kernel_size), prediction_length, n_quantiles
+        out = prediction_length * max(n_quantiles, 1)
+        self.trend, self.remainder = nn.Linear(context_length, out), nn.Linear(context_length, out)
         self.mix = nn.Linear(n_channels, 1) if channel_mixing else None
         if self.mix is not None:  # start from "the target's own forecast"
             nn.init.zeros_(self.mix.bias); nn.init.zeros_(self.mix.weight); self.mix.weight.data[0, target_index] = 1.0
@@ -447,12 +495,17 @@ class DLinear(nn.Module):
         x = past_values.transpose(1, 2)                                    # (batch, channels, time)
         if self.mix is None: x = x[:, self.target_index : self.target_index + 1]
         trend = self.decompose(x)
-        y = self.trend(trend) + self.remainder(x - trend)                  # (batch, channels, horizon)
+        y = self.trend(trend) + self.remainder(x - trend)                  # (batch, channels, horizon [x quantiles])
+        if self.q:
+            y = y.unflatten(-1, (self.h, self.q))                          # (batch, channels, horizon, quantiles)
+            y = y[:, 0] if self.mix is None else self.mix(y.permute(0, 2, 3, 1)).squeeze(-1)
+            return torch.sort(y, dim=-1).values                            # quantiles never cross
         return y[:, 0] if self.mix is None else self.mix(y.transpose(1, 2)).squeeze(-1)
 
 # %% ../nbs/20_models.ipynb #f04c2db1
 class DLinearAdapter(BaseTimeSeriesAdapter):
-    "DLinear behind the adapter interface; `model_params={'kernel_size': k}` sets the trend window (default 25)."
+    "DLinear behind the adapter interface; `model_params={'kernel_size': k}` sets the trend window (default 25); `loss='quantile'` gives it a quantile head."
+    heads = ("mse", "quantile")
     search_space = {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}, "context_length": {"choices": [32, 64, 128]},
                     "channel_mixing": {"choices": [False, True]}}
     def _create_model(self) -> nn.Module:
@@ -462,6 +515,6 @@ class DLinearAdapter(BaseTimeSeriesAdapter):
             raise ConfigError(f"model_params.kernel_size={k!r} is invalid: must be an integer between 1 and context_length={c.context_length}")
         unknown = set(c.model_params) - {"kernel_size"}
         if unknown: raise ConfigError(f"model_params: unknown key(s) {sorted(unknown)} for dlinear; known: ['kernel_size']")
-        return DLinear(c.context_length, c.prediction_length, self.n_channels, self.target_index, k, c.channel_mixing)
+        return DLinear(c.context_length, c.prediction_length, self.n_channels, self.target_index, k, c.channel_mixing, len(self.levels))
 
 ModelFactory.register_model("dlinear", DLinearAdapter)

@@ -7,7 +7,7 @@ Docs: https://finsight.github.io/finsight/probabilistic.html.md"""
 # %% ../nbs/34_probabilistic.ipynb #e8bf8df8
 from __future__ import annotations
 import time, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,13 +16,14 @@ from tqdm.auto import tqdm
 from .settings import ConfigError, FinsightError, write_json
 from .data.splits import Fold, walk_forward_folds
 from .significance import block_bootstrap_ci, diebold_mariano
+from .models import check_levels
 
 # %% auto #0
 __all__ = ['DEFAULT_QUANTILES', 'PROB_FORECASTERS', 'VOL_ESTIMATORS', 'HAR_LAGS', 'VOL_FORECASTERS', 'ProbabilisticError',
            'check_quantiles', 'qcol', 'crps', 'pinball', 'pit_from_quantiles', 'central_intervals',
            'historical_quantiles', 'GarchForecast', 'garch_forecast', 'ProbBacktest', 'prob_backtest', 'prob_summary',
-           'plot_fan', 'plot_calibration', 'realized_variance', 'HARModel', 'qlike', 'mincer_zarnowitz_r2',
-           'VolBacktest', 'vol_backtest', 'vol_summary']
+           'add_model', 'prob_metrics', 'plot_fan', 'plot_calibration', 'realized_variance', 'HARModel', 'qlike',
+           'mincer_zarnowitz_r2', 'VolBacktest', 'vol_backtest', 'vol_summary']
 
 # %% ../nbs/34_probabilistic.ipynb #ea5dc684
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -32,13 +33,7 @@ class ProbabilisticError(FinsightError, ValueError):
 
 def check_quantiles(levels) -> tuple[float, ...]:
     "The quantile levels as a tuple; `ProbabilisticError` for levels outside (0, 1), repeated or unsorted."
-    try: q = [float(x) for x in levels]
-    except (TypeError, ValueError): raise ProbabilisticError(f"quantiles={levels!r} must be a list of numbers in (0, 1)") from None
-    if not q: raise ProbabilisticError("quantiles is empty: give levels in (0, 1), e.g. [0.05, 0.25, 0.5, 0.75, 0.95]")
-    if bad := [x for x in q if not 0 < x < 1]: raise ProbabilisticError(f"quantiles {bad} lie outside (0, 1): a quantile level is a probability strictly between 0 and 1")
-    if len(set(q)) < len(q): raise ProbabilisticError(f"quantiles {q} repeat {sorted({x for x in q if q.count(x) > 1})}: give each level once")
-    if q != sorted(q): raise ProbabilisticError(f"quantiles {q} are not sorted: write them in increasing order, {sorted(q)}")
-    return tuple(q)
+    return check_levels(levels, "quantiles", ProbabilisticError)
 
 def qcol(name: str, level: float) -> str:
     "The frame column of forecaster `name`'s quantile at `level` (`garch_t_q0.05`)."
@@ -117,7 +112,7 @@ def garch_forecast(close: np.ndarray, train: slice, origins: np.ndarray, horizon
     return GarchForecast(q, var, mu, nu, {n: float(v) for n, v in p.items()})
 
 # %% ../nbs/34_probabilistic.ipynb #75802b76
-PROB_FORECASTERS = ("naive", "hist_sim", "garch_t")
+PROB_FORECASTERS = ("model", "naive", "hist_sim", "garch_t")   # "model": a quantile model's forecasts, added by `add_model`
 
 @dataclass
 class ProbBacktest:
@@ -210,6 +205,21 @@ def prob_summary(pb: ProbBacktest, reference: str = "hist_sim", level: float = 0
         rows[n] = r
     out = pd.DataFrame.from_dict(rows, orient="index").rename_axis("forecaster")
     return out.assign(origins=len(per[names[0]]), dropped_rows=int((~ok).sum()))
+
+# %% ../nbs/34_probabilistic.ipynb #2c93d8df
+def add_model(pb: ProbBacktest, forecasts: pd.DataFrame, name: str = "model") -> ProbBacktest:
+    "`pb` with a quantile model's forecasts (the `<name>_q<level>` columns of a backtest frame, `finsight.backtest`) on the same origins and horizons."
+    cols = [qcol(name, a) for a in pb.levels]
+    if not set(cols) <= set(forecasts.columns): return pb   # a point model: nothing to add
+    fr = pb.forecasts.merge(forecasts[["origin", "horizon", *cols]], on=["origin", "horizon"], how="left")
+    return replace(pb, forecasts=fr.assign(**{f"{name}_pit": pit_from_quantiles(fr["actual"], fr[cols].to_numpy(), pb.levels)}))
+
+def prob_metrics(pb: ProbBacktest | None) -> dict:
+    "Flat numbers for leaderboards and trackers (`prob_` first): each forecaster's CRPS and 50%/90% coverage, and its p-value against historical simulation."
+    if pb is None: return {}
+    s = prob_summary(pb)
+    return {f"prob_{n}_{k}": float(s.loc[n, k]) for n in s.index for k in ("crps", "cov50", "cov90", "p_vs_hist_sim")
+            if k in s and np.isfinite(s.loc[n, k]) and not (n == "naive" and k != "crps")}
 
 # %% ../nbs/34_probabilistic.ipynb #488fc261
 def plot_fan(pb: ProbBacktest, name: str = "garch_t", horizon: int = 1, last: int = 250):

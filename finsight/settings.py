@@ -6,7 +6,7 @@ Docs: https://finsight.github.io/finsight/settings.html.md"""
 
 # %% ../nbs/00_settings.ipynb #ee65bbc4
 from __future__ import annotations
-import configparser, difflib, json, os, random, re, secrets, typing
+import configparser, difflib, errno, json, os, random, re, secrets, typing
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -16,9 +16,10 @@ from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # %% auto #0
-__all__ = ['FinsightError', 'ConfigError', 'secret_values', 'redact', 'describe', 'config_error', 'CheckedModel', 'Settings',
-           'env_names', 'allowed_range', 'find_settings_file', 'load_settings', 'get_settings', 'atomic_path',
-           'atomic_write', 'write_json', 'seed_everything']
+__all__ = ['OWNER_FILE', 'FinsightError', 'ConfigError', 'secret_values', 'redact', 'describe', 'config_error', 'CheckedModel',
+           'Settings', 'env_names', 'allowed_range', 'find_settings_file', 'load_settings', 'get_settings',
+           'atomic_path', 'atomic_write', 'write_json', 'folder_owner_problem', 'JobOutputError', 'writing',
+           'seed_everything']
 
 # %% ../nbs/00_settings.ipynb #23ff2ef9
 class FinsightError(Exception):
@@ -239,6 +240,36 @@ def _jsonable(o):
 def write_json(path: str | Path, obj, fsync: bool = False) -> Path:
     "Write `obj` as indented JSON to `path` atomically; returns the path."
     return atomic_write(path, json.dumps(obj, indent=1, default=_jsonable, allow_nan=True) + "\n", fsync)
+
+# %% ../nbs/00_settings.ipynb #a7d8b280
+OWNER_FILE = ".finsight-job.json"   # the marker of the job that owns a folder
+
+def folder_owner_problem(folder: Path, owner: dict) -> str | None:
+    "Why job `owner` ({'task', 'job'}) may not write to `folder`; None when it is new, empty or already the same job's."
+    marker = Path(folder) / OWNER_FILE
+    if marker.is_file():
+        try: old = json.loads(marker.read_text())
+        except ValueError: old = {}
+        old = {k: old.get(k) for k in ("task", "job")} if isinstance(old, dict) else {}
+        return None if old == owner else f"belongs to another job ({old.get('task')!r} job {old.get('job')!r}; this is {owner['task']!r} job {owner['job']!r})"
+    if Path(folder).exists() and not Path(folder).is_dir(): return "is a file"
+    if Path(folder).is_dir() and any(Path(folder).iterdir()): return f"holds files that no FinSight job marked as its own (no {OWNER_FILE})"
+    return None
+
+class JobOutputError(FinsightError, OSError):
+    "A job could not write its files (disk full, file too large, read-only folder, no permission): the message names the step and the folder."
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+@contextmanager
+def writing(step: str, folder: str | Path):
+    "Turn a failed write (full disk, file too large, read-only, no permission) in `step` into a `JobOutputError` naming the step and the folder."
+    try: yield
+    except OSError as e:
+        if isinstance(e, FinsightError) or e.errno not in _WRITE_ERRNOS: raise
+        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        raise JobOutputError(f"{step}: cannot write in {folder} ({what}); files finished before it stay as they were (exports and checkpoints are "
+                             f"published whole or not at all): free space or fix the folder's permissions, then run the job again") from e
 
 # %% ../nbs/00_settings.ipynb #61557aaf
 def seed_everything(seed: int) -> None:

@@ -6,15 +6,14 @@ Docs: https://finsight.github.io/finsight/tasks.html.md"""
 
 # %% ../nbs/45_tasks.ipynb #7f77b373
 from __future__ import annotations
-import errno, json, re, secrets, time, warnings
-from contextlib import contextmanager
+import json, re, secrets, time, warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
 import pandas as pd
 from fastcore.basics import patch
 from pydantic import Field, field_validator
-from .settings import CheckedModel, ConfigError, FinsightError, get_settings, write_json
+from .settings import OWNER_FILE, CheckedModel, ConfigError, FinsightError, JobOutputError, folder_owner_problem, get_settings, write_json, writing
 from .data.sources import DataLoaderType, TimeFrame, check_symbol, data_fingerprint
 from .data.loaders import get_data_loader
 from .data.splits import Fold, temporal_split
@@ -28,15 +27,14 @@ from .tracking import IExperimentTracker, check_tracking_uri, get_tracker
 from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_figures, save_plots
 from .registry import registered_name, save_model_dir, try_register
 from .backtest import Backtest, backtest, plot_backtest
-from .probabilistic import ProbabilisticError, ProbBacktest, plot_calibration, plot_fan, prob_backtest, prob_summary
+from .probabilistic import DEFAULT_QUANTILES, ProbabilisticError, add_model, plot_calibration, plot_fan, prob_backtest, prob_metrics
 from .tune import TuneResult, plot_study, tune
 from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_table, train_sentiment, write_sentiment_run
 
 # %% auto #0
-__all__ = ['OWNER_FILE', 'TASKS', 'JobParams', 'JobSummary', 'TaskError', 'JobOutputError', 'Task', 'folder_owner_problem',
-           'writing', 'register_task', 'get_task', 'available_tasks', 'ForecastParams', 'ForecastTask',
-           'BacktestParams', 'BacktestTask', 'prob_metrics', 'TuneParams', 'TuneTask', 'SentimentParams',
-           'SentimentTask']
+__all__ = ['TASKS', 'JobParams', 'JobSummary', 'TaskError', 'Task', 'register_task', 'get_task', 'available_tasks',
+           'ForecastParams', 'ForecastTask', 'BacktestParams', 'BacktestTask', 'TuneParams', 'TuneTask',
+           'SentimentParams', 'SentimentTask']
 
 # %% ../nbs/45_tasks.ipynb #f8ea8604
 class JobParams(CheckedModel):
@@ -88,9 +86,6 @@ class JobSummary:
 class TaskError(FinsightError, ValueError):
     "A task is unknown, or cannot run what was asked (a model it does not have, data it cannot find)."
 
-class JobOutputError(FinsightError, OSError):
-    "A job could not write its files (disk full, file too large, read-only folder, no permission): the message names the step and the folder."
-
 class Task:
     "A kind of job: its parameters and config, its papermill template, how it runs, what it reports and records."
     name: ClassVar[str] = ""
@@ -132,20 +127,6 @@ def config(self: Task, p: JobParams) -> CheckedModel:
 def job_name(self: Task, p: JobParams) -> str:
     "`<symbol>_<timeframe>_<model>` for tasks per timeframe, else `<symbol>_<task>_<model>`."
     return "_".join([p.symbol, p.timeframe if self.uses_timeframe else self.name, p.model_type])
-
-OWNER_FILE = ".finsight-job.json"   # the marker of the job that owns a folder
-
-def folder_owner_problem(folder: Path, owner: dict) -> str | None:
-    "Why job `owner` ({'task', 'job'}) may not write to `folder`; None when it is new, empty or already the same job's."
-    marker = Path(folder) / OWNER_FILE
-    if marker.is_file():
-        try: old = json.loads(marker.read_text())
-        except ValueError: old = {}
-        old = {k: old.get(k) for k in ("task", "job")} if isinstance(old, dict) else {}
-        return None if old == owner else f"belongs to another job ({old.get('task')!r} job {old.get('job')!r}; this is {owner['task']!r} job {owner['job']!r})"
-    if Path(folder).exists() and not Path(folder).is_dir(): return "is a file"
-    if Path(folder).is_dir() and any(Path(folder).iterdir()): return f"holds files that no FinSight job marked as its own (no {OWNER_FILE})"
-    return None
 
 @patch
 def output_folder(self: Task, p: JobParams, claim: bool = True) -> Path:
@@ -239,18 +220,6 @@ def run(self: Task, params: JobParams | dict | None = None, callbacks: list[Call
     with writing("recording the run", folder): summary = self.summarize(p, outcome, time.perf_counter() - t0, self.record(p, outcome, data, exported), exported, data)
     with writing("writing the summary", folder): self.write_summary(p, summary)
     return summary
-
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-@contextmanager
-def writing(step: str, folder: str | Path):
-    "Turn a failed write (full disk, file too large, read-only, no permission) in `step` into a `JobOutputError` naming the step and the folder."
-    try: yield
-    except OSError as e:
-        if isinstance(e, FinsightError) or e.errno not in _WRITE_ERRNOS: raise
-        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-        raise JobOutputError(f"{step}: cannot write in {folder} ({what}); files finished before it stay as they were (exports and checkpoints are "
-                             f"published whole or not at all): free space or fix the folder's permissions, then run the job again") from e
 
 # %% ../nbs/45_tasks.ipynb #9d94e2e2
 TASKS: dict[str, Task] = {}
@@ -407,15 +376,10 @@ def train(self: BacktestTask, p: BacktestParams, bars: pd.DataFrame, callbacks=(
         ix = bars.index
         plan = [Fold(int(r.fold), slice(ix.get_loc(r.train_start), ix.get_loc(r.train_end) + 1), slice(ix.get_loc(r.test_start), ix.get_loc(r.test_end) + 1))
                 for r in bt.folds.itertuples()]
-        try: bt.prob = prob_backtest(bars, self.config(p).prediction_length, plan=plan, progress=False)
+        cfg = self.config(p); levels = cfg.quantiles if cfg.loss == "quantile" else DEFAULT_QUANTILES
+        try: bt.prob = add_model(prob_backtest(bars, cfg.prediction_length, levels=levels, plan=plan, progress=False), bt.forecasts)   # a quantile model beside them
         except ProbabilisticError as e: warnings.warn(f"{self.job_name(p)}: no probabilistic baselines ({e})")
     return bt
-
-def prob_metrics(pb: ProbBacktest | None) -> dict:
-    "Flat numbers of the probabilistic baselines: CRPS and 50%/90% coverage of each, GARCH's p-value against historical simulation (`prob_` first)."
-    if pb is None: return {}
-    s = prob_summary(pb); m = {f"prob_{n}_{k}": float(s.loc[n, k]) for n in s.index for k in ("crps", "cov50", "cov90") if k in s and not (n == "naive" and k != "crps")}
-    return m | ({"prob_garch_t_p_vs_hist_sim": float(s.loc["garch_t", "p_vs_hist_sim"])} if "p_vs_hist_sim" in s and "garch_t" in s.index else {})
 
 @patch
 def metrics_of(self: BacktestTask, outcome: Backtest) -> dict: return outcome.metrics() | prob_metrics(getattr(outcome, "prob", None))
@@ -426,7 +390,7 @@ def save_outputs(self: BacktestTask, p: BacktestParams, outcome: Backtest, folde
     "The forecasts (Parquet), the report tables and the plots in the job folder (the probabilistic baselines' in `probabilistic/`); the plots' paths."
     outcome.save(folder); figs = plot_backtest(outcome)
     if (pb := getattr(outcome, "prob", None)) is not None:
-        pb.save(folder / "probabilistic"); figs |= {"prob_fan": plot_fan(pb, "garch_t"), "prob_calibration": plot_calibration(pb)}
+        pb.save(folder / "probabilistic"); figs |= {"prob_fan": plot_fan(pb, pb.forecasters()[0] if pb.forecasters()[0] != "naive" else "garch_t"), "prob_calibration": plot_calibration(pb)}
     return save_figures(figs, folder)
 
 # %% ../nbs/45_tasks.ipynb #715cdc30

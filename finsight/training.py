@@ -295,8 +295,11 @@ def fit(adapter: ModelAdapter, train, val=None, # window (or text) datasets
 def forecast_windows(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform, batch_size: int = 512) -> dict:
     "Price forecasts of every window of `ds`, with the actual and naive prices of the same windows."
     info = ds.window_info()
-    pred = np.concatenate([adapter.predict(x, batch_size=batch_size) for x, _ in ds.batches(batch_size)]) if len(ds) else np.zeros((0, ds.h))
-    return {**info, "pred": target.decode(pred, info["last_close"]), "naive": naive_forecast(info["last_close"], ds.h)}
+    pred = np.concatenate([adapter.predict(x, batch_size=batch_size) for x, _ in ds.batches(batch_size)]) if len(ds) else np.zeros((0, *adapter.output_shape))
+    out = {**info, "naive": naive_forecast(info["last_close"], ds.h)}
+    if not adapter.levels: return out | {"pred": target.decode(pred, info["last_close"])}
+    q = target.decode_quantiles(pred, info["last_close"])   # a quantile model: its median is the point forecast
+    return out | {"pred": q[..., adapter.levels.index(0.5)], "quantiles": q, "levels": adapter.levels}
 
 def evaluate(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform,
              scale: float | None = None, # MASE's scale: `naive_scale` of the training closes
@@ -345,12 +348,16 @@ def predict(model: TrainedModel, bars: pd.DataFrame, every_window: bool = False)
     x = torch.as_tensor(feats.to_numpy("float32")).unfold(0, cfg.context_length, 1).transpose(1, 2)
     if not every_window: x = x[-1:]
     last = close[cfg.context_length - 1:][-len(x):]
-    prices = model.target.decode(model.adapter.predict(x), last)
+    raw, lv = model.adapter.predict(x), model.adapter.levels
+    q = model.target.decode_quantiles(raw, last) if lv else None   # quantile models: (n, horizon, levels) prices, the median the forecast
+    prices = q[..., lv.index(0.5)] if lv else model.target.decode(raw, last)
     origins = feats.index[cfg.context_length - 1:][-len(x):]
-    if every_window: return pd.DataFrame(prices, index=pd.Index(origins, name="origin"), columns=[f"h{i + 1}" for i in range(cfg.prediction_length)])
+    if every_window:
+        out = pd.DataFrame(prices, index=pd.Index(origins, name="origin"), columns=[f"h{i + 1}" for i in range(cfg.prediction_length)])
+        return out if not lv else out.join(pd.DataFrame({f"h{i + 1}_q{a:g}": q[:, i, j] for i in range(cfg.prediction_length) for j, a in enumerate(lv)}, index=out.index))
     step = TimeFrame.parse(model.timeframe).delta if model.timeframe else (feats.index[-1] - feats.index[-2])
     idx = pd.DatetimeIndex([origins[-1] + step * (i + 1) for i in range(cfg.prediction_length)], name="timestamp")
-    return pd.DataFrame({"forecast": prices[0], "last_close": last[-1]}, index=idx)
+    return pd.DataFrame({"forecast": prices[0], "last_close": last[-1]} | {f"q{a:g}": q[0, :, j] for j, a in enumerate(lv)}, index=idx)
 
 # %% ../nbs/31_training.ipynb #a95ae03e
 class ModelCache:

@@ -276,3 +276,21 @@ def test_windows_bad_or_missing_and_from_bars(models, bars, tmp_path):
     with pytest.raises(ExportError, match="name 'a b' must be"): export_model(loaded, "pt", tmp_path / "a", windows=bars, name="a b")
     res = export_model(loaded, ["pt", "torchscript"], tmp_path / "a", windows=bars.iloc[-300:], n_windows=40)
     assert res.passed and res.n_windows == 40 and res.fingerprint == model_fingerprint(tm)
+
+
+def test_a_quantile_model_exports_every_quantile(bars, tmp_path):
+    """A DLinear with a quantile head (loss="quantile"): every format outputs (batch, horizon, quantiles), sorted, and
+    matches the trained model level by level; the Triton config and the metadata say so."""
+    import onnxruntime as ort
+    f = ModelTrainingFacade(checkpoint_root=tmp_path / "ckpt", progress=False)
+    cfg = ModelConfig(**(CFG | {"num_epochs": 2}), loss="quantile", quantiles=[0.1, 0.5, 0.9])
+    tm = f.train_model_sync("SYN", "1h", "dlinear", bars.iloc[:600], bars.iloc[600:750], BasicFeatureEngineering(), cfg, test_data=bars.iloc[750:]).model
+    res = export_model(tm, ["pt", "torchscript", "onnx", "triton"], tmp_path / "q")
+    assert res.passed, res.table()
+    assert json.loads((res.folder / "export.json").read_text())["output_shape"] == ["batch", 3, 3]
+    x = _windows(tm, 7).numpy()
+    y = ort.InferenceSession(str(res.path("onnx")), providers=["CPUExecutionProvider"]).run(None, {"past_values": x})[0]
+    want = tm.adapter.predict(x)
+    assert y.shape == (7, 3, 3) and (np.diff(y, axis=-1) >= 0).all()
+    for j in range(3): assert parity(want[..., j], y[..., j])[1] <= 1e-4          # each quantile on its own
+    assert list(check_triton_config(res.folder / "triton" / res.name).output[0].dims) == [3, 3]

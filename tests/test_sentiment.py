@@ -256,8 +256,9 @@ def test_onnx_export_parity_tokenizer_and_triton(minilm, sample, tmp_path):
 def test_export_refuses_to_overwrite_bad_names_and_a_model_that_does_not_match(tiny, sample, tmp_path):
     model = TrainedSentimentModel(SentimentAdapter(tiny_cfg(tiny)))
     (tmp_path / "taken").mkdir(); (tmp_path / "taken" / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="exists and is not empty: pass overwrite=True"):
-        export_sentiment(model, tmp_path / "taken", texts=sample.text[:8])
+    for overwrite in (False, True):   # a folder of other files is never replaced, even with overwrite=True
+        with pytest.raises(ExportError, match="holds files that are not a FinSight sentiment export"):
+            export_sentiment(model, tmp_path / "taken", texts=sample.text[:8], overwrite=overwrite)
     with pytest.raises(ExportError, match="name='my model' is invalid"):
         export_sentiment(model, tmp_path / "new", name="my model", texts=sample.text[:8])
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine" and not (tmp_path / "new").exists()

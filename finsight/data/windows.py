@@ -58,6 +58,16 @@ class TargetTransform:
         if self.kind == "return": return last * np.cumprod(1 + z, axis=1)
         return last * np.exp(np.cumsum(z, axis=1))
 
+    def decode_quantiles(self, pred: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+        """Price quantiles from quantile forecasts `pred` (n, horizon, levels). For log returns, step k's output is a
+        quantile of the standardised return *summed* up to step k (a quantile head trains on that sum: the sum of
+        quantiles is not a quantile of the sum), and exp is monotone, so price quantiles follow; for prices, per step."""
+        z, last = np.asarray(pred, "float64"), np.asarray(last_close, "float64")[:, None, None]
+        if self.kind == "price": return z * self.std + self.mean
+        if self.kind != "log_return": raise WindowError(f"quantile forecasts need target_transform 'log_return' or 'price', not {self.kind!r}")
+        k = np.arange(1, z.shape[1] + 1)[None, :, None]
+        return last * np.exp(z * self.std + k * self.mean)
+
     def state(self) -> dict: return asdict(self)
 
 # %% ../../nbs/04_data.windows.ipynb #a7908fa3
