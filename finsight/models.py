@@ -481,12 +481,17 @@ class DLinear(nn.Module):
     def __init__(self, context_length: int, prediction_length: int, n_channels: int, target_index: int = 0,
                  kernel_size: int = 25, # moving-average window of the trend
                  channel_mixing: bool = False, # forecast every channel, then combine them (else the target only)
-                 n_quantiles: int = 0, # > 0: forecast that many quantiles per step, sorted (a pinball-loss head)
+                 quantiles: tuple[float, ...] = (), # forecast these levels per step, sorted (a pinball-loss head)
                 ):
         super().__init__()
-        self.target_index, self.decompose, self.h, self.q = target_index, MovingAverage(kernel_size), prediction_length, n_quantiles
-        out = prediction_length * max(n_quantiles, 1)
+        self.target_index, self.decompose, self.h, self.q = target_index, MovingAverage(kernel_size), prediction_length, len(quantiles)
+        out = prediction_length * max(self.q, 1)
         self.trend, self.remainder = nn.Linear(context_length, out), nn.Linear(context_length, out)
+        if self.q:   # start from the fan of a standardised random walk: step k's level-a quantile is z_a * sqrt(k); training learns what the past adds
+            from statistics import NormalDist
+            z = torch.tensor([NormalDist().inv_cdf(a) for a in quantiles]); k = torch.arange(1, prediction_length + 1).sqrt()
+            self.offset = nn.Parameter(k[:, None] * z[None, :])
+            for lin in (self.trend, self.remainder): nn.init.zeros_(lin.weight); nn.init.zeros_(lin.bias)
         self.mix = nn.Linear(n_channels, 1) if channel_mixing else None
         if self.mix is not None:  # start from "the target's own forecast"
             nn.init.zeros_(self.mix.bias); nn.init.zeros_(self.mix.weight); self.mix.weight.data[0, target_index] = 1.0
@@ -499,7 +504,7 @@ class DLinear(nn.Module):
         if self.q:
             y = y.unflatten(-1, (self.h, self.q))                          # (batch, channels, horizon, quantiles)
             y = y[:, 0] if self.mix is None else self.mix(y.permute(0, 2, 3, 1)).squeeze(-1)
-            return torch.sort(y, dim=-1).values                            # quantiles never cross
+            return torch.sort(y + self.offset, dim=-1).values              # quantiles never cross
         return y[:, 0] if self.mix is None else self.mix(y.transpose(1, 2)).squeeze(-1)
 
 # %% ../nbs/20_models.ipynb #f04c2db1
@@ -515,6 +520,6 @@ class DLinearAdapter(BaseTimeSeriesAdapter):
             raise ConfigError(f"model_params.kernel_size={k!r} is invalid: must be an integer between 1 and context_length={c.context_length}")
         unknown = set(c.model_params) - {"kernel_size"}
         if unknown: raise ConfigError(f"model_params: unknown key(s) {sorted(unknown)} for dlinear; known: ['kernel_size']")
-        return DLinear(c.context_length, c.prediction_length, self.n_channels, self.target_index, k, c.channel_mixing, len(self.levels))
+        return DLinear(c.context_length, c.prediction_length, self.n_channels, self.target_index, k, c.channel_mixing, self.levels)
 
 ModelFactory.register_model("dlinear", DLinearAdapter)

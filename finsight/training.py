@@ -392,6 +392,10 @@ def plot_forecast(f: dict, step: int = 0, last: int = 200, title: str = "forecas
     fig, ax = plt.subplots(figsize=(10, 3.5))
     ax.plot(t, f["future_close"][-last:, step], label="actual", color="k", lw=1)
     ax.plot(t, f["naive"][-last:, step], label="naive (last value)", lw=1, ls="--", color="C1"); ax.plot(t, f["pred"][-last:, step], label="model", lw=1.2, color="C0")
+    if "quantiles" in f:   # a quantile model: its central bands
+        q, lv = f["quantiles"][-last:, step], list(f["levels"])
+        for lo in [a for a in lv if a < 0.5 and 1 - a in lv]:
+            ax.fill_between(t, q[:, lv.index(lo)], q[:, lv.index(1 - lo)], color="C0", alpha=0.15, lw=0, label=f"{1 - 2 * lo:.0%} band")
     ax.set_title(f"{title}: {step + 1} step(s) ahead"); ax.legend(); fig.tight_layout(); return fig
 
 # %% ../nbs/31_training.ipynb #ab3abf41
