@@ -214,10 +214,13 @@ class BaseTimeSeriesAdapter(ModelAdapter):
 
 def pinball_loss(levels, cumulative: bool = False) -> Callable:
     "Mean pinball loss of quantile forecasts (batch, horizon, levels) against targets (batch, horizon) (`cumulative`: against their running sums)."
-    a = torch.tensor(list(levels), dtype=torch.float32)
+    a, cache = torch.tensor(list(levels), dtype=torch.float32), {}
     def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if cumulative: target = target.cumsum(dim=1)
-        d = target.unsqueeze(-1) - pred; w = a.to(pred.device, pred.dtype)
+        if cumulative and target.shape[1] > 1: target = target.cumsum(dim=1)
+        key = (pred.device, pred.dtype)
+        if key not in cache: cache[key] = a.to(*key)
+        w = cache[key]
+        d = target.unsqueeze(-1) - pred
         return torch.maximum(w * d, (w - 1) * d).mean()
     return loss
     def __repr__(self) -> str:
@@ -504,7 +507,8 @@ class DLinear(nn.Module):
         if self.q:
             y = y.unflatten(-1, (self.h, self.q))                          # (batch, channels, horizon, quantiles)
             y = y[:, 0] if self.mix is None else self.mix(y.permute(0, 2, 3, 1)).squeeze(-1)
-            return torch.sort(y + self.offset, dim=-1).values              # quantiles never cross
+            y = y + self.offset   # training fits each level on its own; forecasts are sorted (rearrangement: never worse, and never crossing)
+            return y if self.training else torch.sort(y, dim=-1).values
         return y[:, 0] if self.mix is None else self.mix(y.transpose(1, 2)).squeeze(-1)
 
 # %% ../nbs/20_models.ipynb #f04c2db1
