@@ -357,11 +357,13 @@ class BacktestTask(ForecastTask):
     "A rolling-origin backtest of a forecaster beside naive, drift, seasonal naive and AR baselines, with intervals and Diebold–Mariano tests."
     name, params_model, template = "backtest", BacktestParams, "backtest.ipynb"
     leaderboard_columns = ("rel_mae", "rel_mae_low", "rel_mae_high", "mase", "mase_low", "mase_high", "dm_p_naive", "beats_naive", "dir_acc", "up_rate",
-                           "best_baseline", "best_baseline_rel_mae", "p_vs_best_baseline", "origins", "folds")
-    sort_by, plots = (("rel_mae", True),), ("backtest_forecast", "backtest_folds")
+                           "best_baseline", "best_baseline_rel_mae", "p_vs_best_baseline", "origins", "folds",
+                           "prob_model_crps", "prob_model_cov90", "prob_model_p_vs_hist_sim", "prob_hist_sim_crps", "prob_garch_t_crps", "prob_garch_t_cov90")
+    sort_by, plots = (("rel_mae", True),), ("backtest_forecast", "backtest_folds", "prob_calibration")
     leaderboard_note = ("Backtest over every origin of the folds' test blocks. rel_mae: model MAE / naive MAE with its 95% block-bootstrap interval; MASE: MAE / "
                         "each fold's in-sample one-step naive MAE; dm_p_naive: one-sided Diebold-Mariano (HLN) p-value that the model beats naive (beats_naive = 1 at 5%); "
-                        "best_baseline: the strongest of drift, seasonal naive and AR, with the model's p-value against it.")
+                        "best_baseline: the strongest of drift, seasonal naive and AR, with the model's p-value against it. prob_*: CRPS (from the quantiles) and 90% interval coverage "
+                        "of historical simulation, GARCH(1,1)-t and, for a quantile model (loss=quantile), the model on the same origins, with the model's one-sided DM p-value against historical simulation.")
     def job_name(self, p: BacktestParams) -> str: return f"{p.symbol}_{p.timeframe}_{p.model_type}_backtest"
 
 # %% ../nbs/45_tasks.ipynb #9be3b3e1
