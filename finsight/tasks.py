@@ -370,7 +370,8 @@ class BacktestTask(ForecastTask):
 @patch
 def train(self: BacktestTask, p: BacktestParams, bars: pd.DataFrame, callbacks=(), progress: bool = True) -> Backtest:
     "Backtest the job's model on the bars (every fold fitted on its own past)."
-    bt = backtest(bars, p.model_type, self.config(p), p.folds, p.mode, p.embargo, p.refit_every, p.warm_start, p.test_size, p.train_size, p.val_fraction,
+    cfg = self.config(p)
+    bt = backtest(bars, p.model_type, cfg, p.folds, p.mode, p.embargo, p.refit_every, p.warm_start, p.test_size, p.train_size, p.val_fraction,
                   timeframe=p.timeframe, symbol=p.symbol, device=_device(p), callbacks=callbacks, progress=progress, level=p.level, reps=p.bootstrap_reps,
                   workers=p.workers, scheduler_address=p.scheduler_address or None)
     bt.prob = None
@@ -378,7 +379,7 @@ def train(self: BacktestTask, p: BacktestParams, bars: pd.DataFrame, callbacks=(
         ix = bars.index
         plan = [Fold(int(r.fold), slice(ix.get_loc(r.train_start), ix.get_loc(r.train_end) + 1), slice(ix.get_loc(r.test_start), ix.get_loc(r.test_end) + 1))
                 for r in bt.folds.itertuples()]
-        cfg = self.config(p); levels = cfg.quantiles if cfg.loss == "quantile" else DEFAULT_QUANTILES
+        levels = cfg.quantiles if cfg.loss == "quantile" else DEFAULT_QUANTILES
         try: bt.prob = add_model(prob_backtest(bars, cfg.prediction_length, levels=levels, plan=plan, progress=False), bt.forecasts)   # a quantile model beside them
         except ProbabilisticError as e: warnings.warn(f"{self.job_name(p)}: no probabilistic baselines ({e})")
     return bt

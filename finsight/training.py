@@ -296,10 +296,14 @@ def forecast_windows(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: 
     "Price forecasts of every window of `ds`, with the actual and naive prices of the same windows."
     info = ds.window_info()
     pred = np.concatenate([adapter.predict(x, batch_size=batch_size) for x, _ in ds.batches(batch_size)]) if len(ds) else np.zeros((0, *adapter.output_shape))
-    out = {**info, "naive": naive_forecast(info["last_close"], ds.h)}
-    if not adapter.levels: return out | {"pred": target.decode(pred, info["last_close"])}
-    q = target.decode_quantiles(pred, info["last_close"])   # a quantile model: its median is the point forecast
-    return out | {"pred": q[..., adapter.levels.index(0.5)], "quantiles": q, "levels": adapter.levels}
+    point, q = _prices(target, pred, info["last_close"], adapter.levels)
+    return {**info, "naive": naive_forecast(info["last_close"], ds.h), "pred": point} | ({"quantiles": q, "levels": adapter.levels} if q is not None else {})
+
+def _prices(target: TargetTransform, raw: np.ndarray, last_close: np.ndarray, levels: tuple) -> tuple[np.ndarray, np.ndarray | None]:
+    "Prices of raw model outputs: the point forecast (a quantile model's median) and the price quantiles (None for a point model)."
+    if not levels: return target.decode(raw, last_close), None
+    q = target.decode_quantiles(raw, last_close)
+    return q[..., list(levels).index(0.5)], q
 
 def evaluate(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTransform,
              scale: float | None = None, # MASE's scale: `naive_scale` of the training closes
@@ -348,9 +352,8 @@ def predict(model: TrainedModel, bars: pd.DataFrame, every_window: bool = False)
     x = torch.as_tensor(feats.to_numpy("float32")).unfold(0, cfg.context_length, 1).transpose(1, 2)
     if not every_window: x = x[-1:]
     last = close[cfg.context_length - 1:][-len(x):]
-    raw, lv = model.adapter.predict(x), model.adapter.levels
-    q = model.target.decode_quantiles(raw, last) if lv else None   # quantile models: (n, horizon, levels) prices, the median the forecast
-    prices = q[..., lv.index(0.5)] if lv else model.target.decode(raw, last)
+    lv = model.adapter.levels
+    prices, q = _prices(model.target, model.adapter.predict(x), last, lv)   # quantile models: q is (n, horizon, levels), the median the forecast
     origins = feats.index[cfg.context_length - 1:][-len(x):]
     if every_window:
         out = pd.DataFrame(prices, index=pd.Index(origins, name="origin"), columns=[f"h{i + 1}" for i in range(cfg.prediction_length)])
