@@ -17,11 +17,12 @@ from torch import nn
 from fastcore.basics import patch
 from pydantic import Field, model_validator
 from .settings import CheckedModel, ConfigError, FinsightError, atomic_path, describe, get_settings
+from .heads import distribution_quantiles, loss_outputs, nll_loss, pinball_loss
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'ModelError', 'check_levels', 'ModelConfig', 'ModelType', 'ModelAdapter', 'BaseTimeSeriesAdapter',
-           'pinball_loss', 'load_adapter', 'ModelFactory', 'HFForecaster', 'patchtst_config', 'PatchTSTAdapter',
-           'patchtsmixer_config', 'PatchTSMixerAdapter', 'check_adapter', 'MovingAverage', 'DLinear', 'DLinearAdapter']
+           'load_adapter', 'ModelFactory', 'HFForecaster', 'patchtst_config', 'PatchTSTAdapter', 'patchtsmixer_config',
+           'PatchTSMixerAdapter', 'check_adapter', 'MovingAverage', 'DLinear', 'DLinearAdapter']
 
 # %% ../nbs/20_models.ipynb #c8dfa875
 class ModelError(FinsightError, ValueError):
@@ -50,10 +51,15 @@ def _check_config(c):
 
 def _check_heads(c):
     "Raise `ConfigError` if the loss, quantile levels and target do not fit together."
+    if c.target == "realized_vol":
+        if c.target_transform in ("price", "return"):
+            raise ConfigError(f"target='realized_vol' is standardised as target_transform='variance', not {c.target_transform!r}: leave target_transform out")
+        c.__dict__["target_transform"] = "variance"
+    elif c.target_transform == "variance": raise ConfigError("target_transform='variance' belongs to target='realized_vol': set target='realized_vol', or use 'log_return' or 'price' for the close")
     q = check_levels(c.quantiles)
     if c.loss != "mse" and 0.5 not in q: raise ConfigError(f"quantiles={list(q)} must hold 0.5: the median is a probabilistic model's point forecast")
-    if c.loss == "quantile" and c.target_transform == "return":
-        raise ConfigError("loss='quantile' needs target_transform 'log_return' or 'price': the quantiles of compounded simple returns are not those of their parts")
+    if c.loss != "mse" and c.target_transform == "return":
+        raise ConfigError(f"loss={c.loss!r} needs target_transform 'log_return' or 'price': the quantiles of compounded simple returns are not those of their parts")
     return c
 
 def check_levels(levels, name: str = "quantiles", error: type = ConfigError) -> tuple[float, ...]:
@@ -96,7 +102,10 @@ class ModelConfig(CheckedModel):
     fast_dropout: bool = False  # CPU: dropout masks 4 per 64-bit random draw (p rounded to 1/65536), ~3x cheaper than bernoulli_
     seed: int = Field(42, ge=0, le=2**32 - 1)  # same seed, same initial weights
     target_column: str = Field("close", min_length=1)
-    target_transform: Literal["price", "return", "log_return"] = "log_return"
+    target_transform: Literal["price", "return", "log_return", "variance"] = "log_return"  # how the target is standardised ("variance": the realized_vol target's, set with it)
+    target: Literal["close", "realized_vol"] = "close"  # what is forecast: the close, or its realised variance (`vol_estimator` over `vol_window` bars, days for intraday bars)
+    vol_estimator: Literal["close_to_close", "parkinson", "garman_klass"] = "close_to_close"  # target="realized_vol": `finsight.data.windows.realized_variance`
+    vol_window: int = Field(1, ge=1, le=252)  # target="realized_vol": the variance is the mean of the last `vol_window` values
     model_params: dict[str, int | float | str | bool] = {}  # options of a custom model, checked by its adapter
     loss: Literal["mse", "quantile", "nll"] = "mse"  # mse: a point forecast; quantile: pinball loss on `quantiles` (models that declare it); nll: a distribution head
     quantiles: list[float] = [0.05, 0.25, 0.5, 0.75, 0.95]  # the levels a probabilistic model forecasts (0.5 among them: the point forecast)
@@ -121,7 +130,7 @@ class ModelConfig(CheckedModel):
     @property
     def hf_scaling(self) -> str | None:
         "The per-window scaling the model applies: `'std'`, `'mean'` or None (`'auto'`: `'std'` for price targets only)."
-        s = ("std" if self.target_transform == "price" else "none") if self.scaling == "auto" else self.scaling
+        s = ("std" if self.target_transform in ("price", "variance") else "none") if self.scaling == "auto" else self.scaling
         return None if s == "none" else s
 
     def to_json(self) -> str: return self.model_dump_json(indent=1)
@@ -180,6 +189,7 @@ class BaseTimeSeriesAdapter(ModelAdapter):
     _train_model: Callable | None = None  # a subclass that trains itself: `_train_model(train, val, **fit_kwargs) -> TrainResult | None`
     search_space: dict = {}  # what `finsight tune` searches by default: field -> {"low", "high", "log"} or {"choices": [...]}
     heads: tuple[str, ...] = ("mse",)  # the losses (`ModelConfig.loss`) this model can be trained with; "quantile": its module outputs (batch, horizon, quantiles)
+    distributions: tuple[str, ...] = ()  # with "nll" among `heads`: the distributions its head can take; in training its module outputs their parameters (`nll_loss`), in eval the quantiles
 
     def __init__(self, config: ModelConfig | dict, # hyperparameters (a dict is checked into a `ModelConfig`)
                  n_channels: int, # feature channels in each window
@@ -192,37 +202,31 @@ class BaseTimeSeriesAdapter(ModelAdapter):
         if not 0 <= target_index < n_channels:
             raise ConfigError(f"target_index={target_index!r} must be a channel index between 0 and {n_channels - 1}")
         self.n_channels, self.target_index, self.extra = n_channels, target_index, {}
-        if self.config.loss not in self.heads:
-            raise ConfigError(f"loss={self.config.loss!r}: {type(self).__name__} has no {self.config.loss} head; it is trained with loss in {list(self.heads)}"
-                              + (" (distribution heads are not built yet)" if self.config.loss == "nll" else ""))
-        if self.config.loss == "quantile":   # log returns: step k forecasts quantiles of the return up to k (`TargetTransform.decode_quantiles`)
-            self.loss = pinball_loss(self.config.quantiles, cumulative=self.config.target_transform == "log_return")
+        self.check_head(self.config)
+        cumulative = self.config.target_transform == "log_return"   # log returns: step k forecasts the return up to k (`TargetTransform.decode_quantiles`)
+        if self.config.loss == "quantile": self.loss = pinball_loss(self.config.quantiles, cumulative)
+        if self.config.loss == "nll": self.loss = nll_loss(self.config.distribution, cumulative)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             self.module = self._create_model()
 
     def _create_model(self) -> nn.Module: raise NotImplementedError(f"{type(self).__name__} must implement _create_model()")
+    @classmethod
+    def check_head(cls, config: ModelConfig) -> None:
+        "Raise `ConfigError` unless this model type has `config`'s loss (and distribution): jobs check it before they start."
+        if config.loss not in cls.heads: raise ConfigError(f"loss={config.loss!r}: {cls.__name__} has no {config.loss} head; it is trained with loss in {list(cls.heads)}")
+        if config.loss == "nll" and config.distribution not in cls.distributions:
+            raise ConfigError(f"distribution={config.distribution!r}: {cls.__name__}'s nll head has no such distribution; it takes {list(cls.distributions)}")
     def layout(self) -> dict: return {"n_channels": self.n_channels, "target_index": self.target_index}
     @property
     def levels(self) -> tuple[float, ...]:
         "The quantile levels the module outputs (empty for a point forecaster)."
-        return tuple(self.config.quantiles) if self.config.loss == "quantile" else ()
+        return tuple(self.config.quantiles) if self.config.loss in ("quantile", "nll") else ()
     @property
     def output_shape(self) -> tuple[int, ...]:
         "The module's output for one window: (horizon,) or (horizon, quantiles)."
         return (self.config.prediction_length,) + ((len(self.levels),) if self.levels else ())
 
-def pinball_loss(levels, cumulative: bool = False) -> Callable:
-    "Mean pinball loss of quantile forecasts (batch, horizon, levels) against targets (batch, horizon) (`cumulative`: against their running sums)."
-    a, cache = torch.tensor(list(levels), dtype=torch.float32), {}
-    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if cumulative and target.shape[1] > 1: target = target.cumsum(dim=1)
-        key = (pred.device, pred.dtype)
-        if key not in cache: cache[key] = a.to(*key)
-        w = cache[key]
-        d = target.unsqueeze(-1) - pred
-        return torch.maximum(w * d, (w - 1) * d).mean()
-    return loss
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name}, {self.n_channels} channels, target {self.target_index}, "
                 f"context {self.config.context_length}, horizon {self.config.prediction_length}, {self.num_parameters:,} parameters)")
@@ -401,17 +405,32 @@ def _transformers():
     return transformers
 
 class HFForecaster(nn.Module):
-    "A Hugging Face prediction model as past_values (batch, context, channels) -> target forecast (batch, horizon)."
+    """A Hugging Face prediction model as past_values (batch, context, channels) -> target forecast (batch, horizon).
+    With a distribution head (`loss="nll"` in its config) and `levels`: the target's distribution parameters in
+    training (batch, horizon, params), its quantiles (batch, horizon, levels) in eval."""
     def __init__(self, model: nn.Module, target_index: int,
-                 target_only: bool = False): # feed the target channel alone (exact for channel-independent models)
+                 target_only: bool = False, # feed the target channel alone (exact for channel-independent models)
+                 levels: tuple[float, ...] = ()): # the quantiles a distribution head forecasts
         super().__init__()
-        self.model, self.target_index, self.target_only = model, target_index, target_only
-        for m in model.modules():  # HF's loss lookup warns when tracing walks the attributes; MSE is what we train with
+        self.model, self.target_index, self.target_only, self.levels = model, target_index, target_only, tuple(levels)
+        self.distribution = model.config.distribution_output if model.config.loss == "nll" else None
+        if self.distribution and not self.levels: raise ModelError("a distribution head needs the quantile levels it forecasts")
+        if self.distribution: self.emit_params = False   # `loss_outputs` turns it on for the validation loss
+        for m in model.modules():  # HF's loss lookup warns when tracing walks the attributes; we compute the loss ourselves
             if hasattr(type(m), "loss_function"): m.loss_function = F.mse_loss
+            if self.distribution and hasattr(m, "domain_map"): m.domain_map = _DomainMap(self.distribution)
 
     def forward(self, past_values: torch.Tensor) -> torch.Tensor:
-        if self.target_only: return self.model(past_values=past_values[..., self.target_index:self.target_index + 1]).prediction_outputs[..., 0]
-        return self.model(past_values=past_values).prediction_outputs[..., self.target_index]
+        i = self.target_index
+        x = past_values[..., i:i + 1] if self.target_only else past_values
+        if self.target_only: i = 0
+        if not self.distribution: return self.model(past_values=x).prediction_outputs[..., i]
+        out = self.model.model(past_values=x)          # the backbone and head alone: HF's PatchTSMixer builds a torch distribution in every forward, which torch.export cannot trace
+        p = [z[..., i] for z in self.model.head(out.last_hidden_state)]   # (df,) loc, scale of the scaled target, each (batch, horizon)
+        loc, scale = out.loc[..., i], out.scale[..., i]          # the model's scaling of its input, (batch, 1): HF's AffineTransformed, folded in
+        p[-2], p[-1] = loc + scale * p[-2], scale * p[-1]
+        params = torch.stack(p, dim=-1)
+        return params if self.training or self.emit_params else distribution_quantiles(params, self.distribution, self.levels)
 
 # %% ../nbs/20_models.ipynb #7728997b
 def patchtst_config(config: ModelConfig, n_channels: int):
@@ -421,14 +440,28 @@ def patchtst_config(config: ModelConfig, n_channels: int):
         patch_length=config.patch_length, patch_stride=config.patch_stride, d_model=config.d_model,
         num_attention_heads=config.n_heads, num_hidden_layers=config.num_layers, ffn_dim=config.expansion_factor * config.d_model,
         attention_dropout=config.dropout, ff_dropout=config.dropout, head_dropout=config.dropout,
-        channel_attention=config.channel_mixing, scaling=config.hf_scaling, loss="mse", do_mask_input=False)
+        channel_attention=config.channel_mixing, scaling=config.hf_scaling, do_mask_input=False, **_hf_head(config))
+
+def _hf_head(config: ModelConfig) -> dict:
+    "The loss of a Hugging Face config: MSE, or NLL with `config.distribution`'s head."
+    return {"loss": "nll", "distribution_output": config.distribution} if config.loss == "nll" else {"loss": "mse"}
+
+class _DomainMap(nn.Module):
+    """HF's map of a distribution head's raw outputs to parameters (squareplus; df > 2), without its `squeeze(-1)`: torch
+    ignores that squeeze on a horizon over 1, but ONNX's Squeeze refuses it, and on a horizon of 1 it drops the horizon."""
+    def __init__(self, distribution: str): super().__init__(); self.distribution = distribution
+    def forward(self, *raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        sp = lambda x: (x + torch.sqrt(x * x + 4.0)) / 2.0
+        scale = sp(raw[-1]).clamp_min(torch.finfo(raw[-1].dtype).eps)
+        return (raw[0], scale) if self.distribution == "normal" else (2.0 + sp(raw[0]), raw[1], scale)
 
 class PatchTSTAdapter(BaseTimeSeriesAdapter):
     "PatchTST (Nie et al. 2023): a Transformer over patches of each channel."
+    heads, distributions = ("mse", "nll"), ("normal", "student_t")
     search_space = {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.3},
                     "context_length": {"choices": [32, 64, 128]}, "d_model": {"choices": [64, 128]}, "num_layers": {"low": 1, "high": 3}}
     def _create_model(self) -> nn.Module:
-        return HFForecaster(_transformers().PatchTSTForPrediction(patchtst_config(self.config, self.n_channels)), self.target_index)
+        return HFForecaster(_transformers().PatchTSTForPrediction(patchtst_config(self.config, self.n_channels)), self.target_index, levels=self.levels)
 
 # %% ../nbs/20_models.ipynb #395723d0
 def patchtsmixer_config(config: ModelConfig, n_channels: int):
@@ -438,14 +471,15 @@ def patchtsmixer_config(config: ModelConfig, n_channels: int):
         patch_length=config.patch_length, patch_stride=config.patch_stride, d_model=config.d_model,
         expansion_factor=config.expansion_factor, num_layers=config.num_layers, dropout=config.dropout,
         head_dropout=config.dropout, mode="mix_channel" if config.channel_mixing else "common_channel",
-        scaling=config.hf_scaling, loss="mse")
+        scaling=config.hf_scaling, **_hf_head(config))
 
 class PatchTSMixerAdapter(BaseTimeSeriesAdapter):
     "PatchTSMixer (Ekambaram et al. 2023): MLP-Mixer layers over patches, features and (optionally) channels."
+    heads, distributions = ("mse", "nll"), ("normal", "student_t")
     search_space = PatchTSTAdapter.search_space | {"expansion_factor": {"low": 1, "high": 4}}
     def _create_model(self) -> nn.Module:
         hf = _transformers().PatchTSMixerForPrediction(patchtsmixer_config(self.config, self.n_channels))
-        return HFForecaster(hf, self.target_index, target_only=not self.config.channel_mixing)
+        return HFForecaster(hf, self.target_index, target_only=not self.config.channel_mixing, levels=self.levels)
 
 ModelFactory.register_model(ModelType.PATCHTST, PatchTSTAdapter)
 ModelFactory.register_model(ModelType.PATCHTSMIXER, PatchTSMixerAdapter)

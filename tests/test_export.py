@@ -278,13 +278,15 @@ def test_windows_bad_or_missing_and_from_bars(models, bars, tmp_path):
     assert res.passed and res.n_windows == 40 and res.fingerprint == model_fingerprint(tm)
 
 
-def test_a_quantile_model_exports_every_quantile(bars, tmp_path):
-    """A DLinear with a quantile head (loss="quantile"): every format outputs (batch, horizon, quantiles), sorted, and
-    matches the trained model level by level; the Triton config and the metadata say so."""
+@pytest.mark.parametrize("model_type,head", [("dlinear", {"loss": "quantile"}), ("patchtst", {"loss": "nll", "distribution": "student_t"})], ids=["quantile", "nll"])
+def test_a_quantile_model_exports_every_quantile(bars, tmp_path, model_type, head):
+    """A DLinear with a quantile head (loss="quantile") and a PatchTST with a Student-t head (loss="nll", its quantiles
+    computed inside the graph): every format outputs (batch, horizon, quantiles), sorted, and matches the trained model
+    level by level; the Triton config and the metadata say so."""
     import onnxruntime as ort
     f = ModelTrainingFacade(checkpoint_root=tmp_path / "ckpt", progress=False)
-    cfg = ModelConfig(**(CFG | {"num_epochs": 2}), loss="quantile", quantiles=[0.1, 0.5, 0.9])
-    tm = f.train_model_sync("SYN", "1h", "dlinear", bars.iloc[:600], bars.iloc[600:750], BasicFeatureEngineering(), cfg, test_data=bars.iloc[750:]).model
+    cfg = ModelConfig(**(CFG | {"num_epochs": 2}), quantiles=[0.1, 0.5, 0.9], **head)
+    tm = f.train_model_sync("SYN", "1h", model_type, bars.iloc[:600], bars.iloc[600:750], BasicFeatureEngineering(), cfg, test_data=bars.iloc[750:]).model
     res = export_model(tm, ["pt", "torchscript", "onnx", "triton"], tmp_path / "q")
     assert res.passed, res.table()
     assert json.loads((res.folder / "export.json").read_text())["output_shape"] == ["batch", 3, 3]
