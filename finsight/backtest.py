@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .settings import ConfigError, FinsightError, write_json
 from .data.splits import Fold, walk_forward_folds
 from .data.validation import validate_ohlcv
-from .data.windows import WindowDataset
+from .data.windows import WindowDataset, vol_bars
 from .features import BasicFeatureEngineering
 from .hardware import dask_worker_config
 from .models import ModelConfig, ModelFactory, ModelType
@@ -141,7 +141,7 @@ def fit_fold(bars: pd.DataFrame, fold: Fold, model_type, config: ModelConfig, ma
     "Train `model_type` on the fold's training rows (the last `val_fraction` of them for early stopping)."
     tr, t0 = bars.iloc[fold.train], time.perf_counter()
     n_val = _val_rows(len(tr), val_fraction, config.prediction_length)
-    fe = make_features(); win, _ = prepare_windows(tr.iloc[:-n_val], tr.iloc[-n_val:], None, fe, config)
+    fe = make_features(); win, _ = prepare_windows(tr.iloc[:-n_val], tr.iloc[-n_val:], None, fe, config, variance_bars=config.target == "realized_vol")
     adapter = ModelFactory.create(ModelType.parse(model_type), config, len(win.channels), win.target_channel)
     if init is not None: adapter.module.load_state_dict(init.adapter.module.state_dict())
     kw = dict(callbacks=list(callbacks), checkpoint_dir=None, resume_from=None, job_id=f"fold {fold.k}", progress=False, device=device)
@@ -249,6 +249,7 @@ def backtest(bars: pd.DataFrame, model_type: str = "patchtst", config: ModelConf
     mt = ModelType.parse(model_type).value
     if not isinstance(refit_every, int) or refit_every < 1: raise BacktestError(f"refit_every={refit_every!r} is invalid: must be a whole number >= 1")
     validate_ohlcv(bars, timeframe, strict=True, name=f"{symbol} {getattr(timeframe, 'value', timeframe) or ''}".strip() or "bars")
+    if config.target == "realized_vol": bars = vol_bars(bars, config.vol_estimator, config.vol_window)   # the series forecast, and the baselines' too
     plan = plan_folds(len(bars), config, make_features().warmup, folds, mode, embargo, test_size, train_size, val_fraction)
     groups, kw = _fold_groups(plan, refit_every, warm_start), dict(refit_every=refit_every, warm_start=warm_start, max_ar_order=max_ar_order, device=device, keep_models=keep_models)
     with worker_pool(workers if len(groups) > 1 else 1, scheduler_address if len(groups) > 1 else None) as client, \

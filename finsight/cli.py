@@ -77,8 +77,8 @@ def _job_args(p: argparse.ArgumentParser, many: bool = False):
     else:
         p.add_argument("symbol", help="a market symbol (a text data set for --task sentiment)")
         p.add_argument("--timeframe", default="1d"); p.add_argument("--model", default="", help="model type (default: the task's default)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. num_epochs=5 d_model=64 (the task's config: ModelConfig, SentimentConfig)")
-    p.add_argument("--param", nargs="*", metavar="KEY=VALUE", help="job parameters, e.g. export_formats='[\"onnx\"]' or data_path=data/sentiment/news.csv")
+    p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="config overrides, e.g. num_epochs=5 d_model=64 (the task's config: ModelConfig, SentimentConfig)")
+    p.add_argument("--param", nargs="*", action="extend", metavar="KEY=VALUE", help="job parameters, e.g. export_formats='[\"onnx\"]' or data_path=data/sentiment/news.csv")
     p.add_argument("--source", choices=[k.value for k in DataLoaderType], default=None, help="data source (default: settings)")
 
 # %% ../nbs/60_cli.ipynb #d63bab9c

@@ -13,7 +13,8 @@ from .settings import ConfigError
 
 # %% auto #0
 __all__ = ['forecast_errors', 'naive_forecast', 'naive_scale', 'directional_accuracy', 'always_up_rate', 'ForecastMetrics',
-           'compare_to_naive', 'errors_by_step', 'confusion_matrix', 'classification_metrics', 'majority_class']
+           'compare_to_naive', 'qlike', 'mincer_zarnowitz_r2', 'errors_by_step', 'confusion_matrix',
+           'classification_metrics', 'majority_class']
 
 # %% ../nbs/30_metrics.ipynb #702c25a3
 def forecast_errors(actual: np.ndarray, pred: np.ndarray) -> dict:
@@ -67,24 +68,44 @@ class ForecastMetrics:
     dir_acc: float  # share of windows whose first step went the way the model said
     up_rate: float  # share of the same windows that went up (what always saying "up" scores)
     windows: int
+    qlike: float | None = None  # a variance target (`variance=True`): mean QLIKE, the loss that ranks variance forecasts as the true variance would
+    naive_qlike: float | None = None
+    rel_qlike: float | None = None  # model QLIKE / naive QLIKE
+    mz_r2: float | None = None  # Mincer–Zarnowitz R² of the outcome on the model's forecast
 
     def to_dict(self, prefix: str = "") -> dict:
-        "The fields as a flat dict, keys prefixed with `prefix` (`val_mae`, ...): what trackers and leaderboards keep."
-        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+        "The fields as a flat dict, keys prefixed with `prefix` (`val_mae`, ...): what trackers and leaderboards keep (a point target's leaves the variance fields out)."
+        return {f"{prefix}{k}": v for k, v in asdict(self).items() if v is not None}
 
 def _ratio(a: float, b: float) -> float: return a / b if b > 0 else float("nan")
 
 def compare_to_naive(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray,
                      scale: float | None = None, # MASE's scale, `naive_scale` of the training closes
+                     variance: bool = False, # the values are variances: add QLIKE and Mincer–Zarnowitz R²
                     ) -> ForecastMetrics:
-    "Model metrics, naive metrics on the same windows, rel_mae, MASE, skill and direction."
+    "Model metrics, naive metrics on the same windows, rel_mae, MASE, skill and direction (and QLIKE for a variance)."
     a, p, last = np.asarray(actual, "float64"), np.asarray(pred, "float64"), np.asarray(last_value, "float64")
     model, naive = forecast_errors(a, p), forecast_errors(a, naive_forecast(last, a.shape[1]))
     up = a[:, 0] - last
     return ForecastMetrics(**model, **{f"naive_{k}": v for k, v in naive.items()}, rel_mae=_ratio(model["mae"], naive["mae"]),
                            mase=_ratio(model["mae"], scale) if scale is not None else float("nan"),
                            skill=1 - _ratio(model["mse"], naive["mse"]), dir_acc=directional_accuracy(up, p[:, 0] - last),
-                           up_rate=always_up_rate(up), windows=int(a.shape[0]))
+                           up_rate=always_up_rate(up), windows=int(a.shape[0]),
+                           **(_variance_scores(a, p, naive_forecast(last, a.shape[1])) if variance else {}))
+
+def _variance_scores(a: np.ndarray, p: np.ndarray, naive: np.ndarray) -> dict:
+    q, nq = float(qlike(a, p).mean()), float(qlike(a, naive).mean())
+    return {"qlike": q, "naive_qlike": nq, "rel_qlike": _ratio(q, nq), "mz_r2": mincer_zarnowitz_r2(a.ravel(), p.ravel())}
+
+def qlike(actual, forecast) -> np.ndarray:
+    "QLIKE loss a/f − ln(a/f) − 1 of each variance forecast (0 when exact)."
+    f = np.asarray(forecast, "float64"); a = np.maximum(np.asarray(actual, "float64"), 1e-20 * f); x = a / f
+    return x - np.log(x) - 1
+
+def mincer_zarnowitz_r2(actual, forecast) -> float:
+    "R² of the outcome regressed on the forecast (with an intercept)."
+    a, f = np.asarray(actual, "float64"), np.asarray(forecast, "float64")
+    return float(np.corrcoef(a, f)[0, 1] ** 2) if np.std(f) > 0 and np.std(a) > 0 else float("nan")
 
 # %% ../nbs/30_metrics.ipynb #46cfed2d
 def errors_by_step(actual: np.ndarray, pred: np.ndarray, last_value: np.ndarray) -> pd.DataFrame:

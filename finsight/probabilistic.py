@@ -17,13 +17,15 @@ from .settings import ConfigError, FinsightError, write_json
 from .data.splits import Fold, walk_forward_folds
 from .significance import block_bootstrap_ci, diebold_mariano
 from .models import check_levels
+from .metrics import mincer_zarnowitz_r2, qlike
+from .data.windows import VOL_ESTIMATORS, is_intraday, realized_variance
 
 # %% auto #0
-__all__ = ['DEFAULT_QUANTILES', 'PROB_FORECASTERS', 'VOL_ESTIMATORS', 'HAR_LAGS', 'VOL_FORECASTERS', 'ProbabilisticError',
-           'check_quantiles', 'qcol', 'crps', 'pinball', 'pit_from_quantiles', 'central_intervals',
-           'historical_quantiles', 'GarchForecast', 'garch_forecast', 'ProbBacktest', 'prob_backtest', 'prob_summary',
-           'add_model', 'prob_metrics', 'plot_fan', 'plot_calibration', 'realized_variance', 'HARModel', 'qlike',
-           'mincer_zarnowitz_r2', 'VolBacktest', 'vol_backtest', 'vol_summary']
+__all__ = ['DEFAULT_QUANTILES', 'PROB_FORECASTERS', 'HAR_LAGS', 'VOL_FORECASTERS', 'ProbabilisticError', 'check_quantiles',
+           'qcol', 'crps', 'pinball', 'pit_from_quantiles', 'central_intervals', 'historical_quantiles',
+           'GarchForecast', 'garch_forecast', 'ProbBacktest', 'prob_backtest', 'prob_summary', 'add_model',
+           'prob_metrics', 'plot_fan', 'plot_calibration', 'HARModel', 'VolBacktest', 'vol_backtest', 'vol_summary',
+           'add_vol_model', 'vol_metrics', 'plot_vol']
 
 # %% ../nbs/34_probabilistic.ipynb #ea5dc684
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -251,38 +253,6 @@ def plot_calibration(pb: ProbBacktest, bins: int = 10):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/34_probabilistic.ipynb #ebcfa6c5
-VOL_ESTIMATORS = ("close_to_close", "parkinson", "garman_klass")
-
-def _intraday(index) -> bool:
-    return isinstance(index, pd.DatetimeIndex) and len(index) > 2 and pd.Series(index).diff().median() < pd.Timedelta(hours=23)
-
-def realized_variance(bars: pd.DataFrame, estimator: str = "close_to_close", window: int = 1) -> pd.Series:
-    "One variance of log returns per bar (per day for intraday bars) by `estimator`, averaged over the last `window` values."
-    if estimator not in VOL_ESTIMATORS: raise ProbabilisticError(f"vol_estimator={estimator!r} is unknown: use one of {', '.join(VOL_ESTIMATORS)}")
-    if not isinstance(window, int) or window < 1: raise ProbabilisticError(f"window={window!r} is invalid: a whole number of bars >= 1")
-    need = {"close_to_close": ["close"], "parkinson": ["high", "low"], "garman_klass": ["open", "high", "low", "close"]}[estimator]
-    if missing := [k for k in need if k not in bars]:
-        raise ProbabilisticError(f"vol_estimator={estimator!r} needs the column(s) {', '.join(missing)}, which the bars lack (found: {', '.join(map(str, bars.columns))}); use 'close_to_close' for bars with closes only")
-    b = bars[need].astype("float64")
-    if (b <= 0).any().any(): raise ProbabilisticError(f"{', '.join(need)}: prices must be positive for log returns")
-    if _intraday(b.index):
-        day = b.index.normalize()
-        if estimator == "close_to_close":
-            r = np.log(b["close"]).groupby(day).diff()   # within the day: the overnight gap is not a return of the day
-            v = (r ** 2).groupby(day).sum(min_count=1)
-        else:
-            b = b.groupby(day).agg({k: {"open": "first", "high": "max", "low": "min", "close": "last"}[k] for k in need})
-            v = _range_variance(b, estimator)
-    else: v = (np.log(b["close"]).diff() ** 2) if estimator == "close_to_close" else _range_variance(b, estimator)
-    v = v.rolling(window).mean() if window > 1 else v
-    return v.dropna().rename(f"rv_{estimator}")
-
-def _range_variance(b: pd.DataFrame, estimator: str) -> pd.Series:
-    hl = np.log(b["high"] / b["low"]) ** 2
-    if estimator == "parkinson": return hl / (4 * np.log(2))
-    return 0.5 * hl - (2 * np.log(2) - 1) * np.log(b["close"] / b["open"]) ** 2
-
 # %% ../nbs/34_probabilistic.ipynb #6c54604b
 HAR_LAGS = (1, 5, 22)
 
@@ -309,23 +279,13 @@ class HARModel:
     def forecast(self, rv: np.ndarray, origins: np.ndarray) -> np.ndarray:
         return np.maximum(_har_X(rv, np.asarray(origins)) @ self.coef, self.floor)
 
-def qlike(actual, forecast) -> np.ndarray:
-    "QLIKE loss a/f − ln(a/f) − 1 of each variance forecast (0 when exact)."
-    f = np.asarray(forecast, "float64"); a = np.maximum(np.asarray(actual, "float64"), 1e-20 * f); x = a / f
-    return x - np.log(x) - 1
-
-def mincer_zarnowitz_r2(actual, forecast) -> float:
-    "R² of the outcome regressed on the forecast (with an intercept)."
-    a, f = np.asarray(actual, "float64"), np.asarray(forecast, "float64")
-    return float(np.corrcoef(a, f)[0, 1] ** 2) if np.std(f) > 0 and np.std(a) > 0 else float("nan")
-
 # %% ../nbs/34_probabilistic.ipynb #4bdd0882
-VOL_FORECASTERS = ("naive", "har", "garch")
+VOL_FORECASTERS = ("model", "naive", "har", "garch")   # "model": a model trained on target="realized_vol" (`add_vol_model`)
 
 @dataclass
 class VolBacktest:
     "Variance forecasts of every forecaster at every origin, and what each fold fitted."
-    forecasts: pd.DataFrame  # fold, origin, target_time, actual, naive, har, garch
+    forecasts: pd.DataFrame  # fold, origin, target_time, actual, naive, har, garch (and model)
     folds: pd.DataFrame
     horizon: int
     estimator: str
@@ -333,14 +293,18 @@ class VolBacktest:
 
 def vol_backtest(bars: pd.DataFrame, horizon: int = 1, folds: int = 5, estimator: str = "close_to_close", window: int = 1,
                  test_size: int | None = None, mode: str = "expanding", train_size: int | None = None, embargo: int = 0,
-                 progress: bool = True) -> VolBacktest:
+                 progress: bool = True,
+                 plan: list[Fold] | None = None) -> VolBacktest: # these folds instead, positions in the variance series (a model backtest's on `vol_bars`)
     "Forecasts of the realised variance `horizon` bars ahead by naive, HAR-RV and GARCH(1,1)-t at every origin, each fitted on the fold's past."
     if not isinstance(horizon, int) or horizon < 1: raise ProbabilisticError(f"horizon={horizon!r} is invalid: a whole number of bars >= 1")
     v_s = realized_variance(bars, estimator, 1)   # one value per bar (day); the target is their mean over `window`
     rv_s = v_s.rolling(window).mean().dropna() if window > 1 else v_s; rv, v, w1 = rv_s.to_numpy(), v_s.to_numpy(), window - 1
-    closes = bars["close"].groupby(bars.index.normalize()).last() if _intraday(bars.index) else bars["close"]
+    closes = bars["close"].groupby(bars.index.normalize()).last() if is_intraday(bars.index) else bars["close"]
     c = closes.reindex(v_s.index).to_numpy("float64") if "close" in bars else None
-    plan = _folds(len(rv), horizon, folds, test_size, mode, train_size, embargo, need=HAR_LAGS[-1] + horizon + 29)
+    need = HAR_LAGS[-1] + horizon + 29
+    if plan is None: plan = _folds(len(rv), horizon, folds, test_size, mode, train_size, embargo, need=need)
+    elif (tr := min(f.train.stop - f.train.start for f in plan)) < need:
+        raise ProbabilisticError(f"a fold has {tr} training values; HAR-RV needs at least {need}: use fewer folds or more data")
     if window >= plan[0].train.stop - plan[0].train.start:
         raise ProbabilisticError(f"window={window} is longer than the first fold's training part ({plan[0].train.stop - plan[0].train.start} values): use a shorter window or fewer folds")
     parts, rows = [], []
@@ -377,6 +341,26 @@ def vol_summary(vb: VolBacktest, reference: str = "har") -> pd.DataFrame:
         if n != "naive": r["p_vs_naive"] = diebold_mariano(loss[n], loss["naive"], vb.horizon, "abs", "less").p_value
         rows[n] = r
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("forecaster").assign(origins=len(fr), dropped=len(vb.forecasts) - len(fr))
+
+def add_vol_model(vb: VolBacktest, forecasts: pd.DataFrame, name: str = "model") -> VolBacktest:
+    "`vb` with a variance model's forecasts: `name` at `vb.horizon` of a backtest frame (`finsight.backtest` on target='realized_vol'), matched by origin."
+    fr = forecasts.loc[forecasts["horizon"] == vb.horizon, ["origin", name]]
+    return replace(vb, forecasts=vb.forecasts.drop(columns=[name], errors="ignore").merge(fr, on="origin", how="left"))
+
+def vol_metrics(vb: VolBacktest | None) -> dict:
+    "Flat numbers for leaderboards and trackers (`vol_` first): each forecaster's QLIKE and Mincer–Zarnowitz R², and its p-values against HAR-RV and naive."
+    if vb is None: return {}
+    s = vol_summary(vb)
+    return {f"vol_{n}_{k}": float(s.loc[n, k]) for n in s.index for k in ("qlike", "mz_r2", "p_vs_har", "p_vs_naive") if k in s and np.isfinite(s.loc[n, k])}
+
+def plot_vol(vb: VolBacktest, last: int = 250):
+    "The realised variance against each forecaster's forecast of it, over the last `last` origins."
+    import matplotlib.pyplot as plt
+    fr = vb.forecasts.tail(last); fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.plot(fr["target_time"], fr["actual"], color="k", lw=1, label="realised variance")
+    for i, n in enumerate(n for n in VOL_FORECASTERS if n in fr):
+        ax.plot(fr["target_time"], fr[n], lw=1.2 if n == "model" else 1, ls="-" if n == "model" else "--", color=f"C{i}", label=n)
+    ax.set_yscale("log"); ax.set_title(f"variance {vb.horizon} bar(s) ahead ({vb.estimator}, window {vb.window})"); ax.legend(); fig.tight_layout(); return fig
 
 # %% ../nbs/34_probabilistic.ipynb #977d8a94
 @patch

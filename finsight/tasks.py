@@ -27,7 +27,9 @@ from .tracking import IExperimentTracker, check_tracking_uri, get_tracker
 from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_figures, save_plots
 from .registry import registered_name, save_model_dir, try_register
 from .backtest import Backtest, backtest, plot_backtest
-from .probabilistic import DEFAULT_QUANTILES, ProbabilisticError, add_model, plot_calibration, plot_fan, prob_backtest, prob_metrics
+from .data.windows import vol_bars
+from .probabilistic import (DEFAULT_QUANTILES, ProbabilisticError, add_model, add_vol_model, plot_calibration, plot_fan, plot_vol, prob_backtest,
+                                    prob_metrics, vol_backtest, vol_metrics)
 from .tune import TuneResult, plot_study, tune
 from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_table, train_sentiment, write_sentiment_run
 
@@ -119,8 +121,9 @@ def params_from(self: Task, namespace: dict) -> JobParams:
 
 @patch
 def config(self: Task, p: JobParams) -> CheckedModel:
-    "The job's config: the task's config model with `p.config` overrides, then `p.seed`."
-    return self.config_model.from_overrides(dict(p.config) | ({"seed": p.seed} if p.seed is not None else {}))
+    "The job's config: the task's config model with `p.config` overrides, then the config fields the job names itself (`target`, `loss`, `seed`)."
+    own = {k: v for k in ("target", "loss", "seed") if (v := getattr(p, k, None)) is not None and k in self.config_model.model_fields}
+    return self.config_model.from_overrides(dict(p.config) | own)
 
 # %% ../nbs/45_tasks.ipynb #adf7d5ee
 @patch
@@ -254,6 +257,8 @@ class ForecastParams(JobParams):
     train_ratio: float | None = None  # None = the settings' (0.7)
     val_ratio: float | None = None  # None = the settings' (0.15)
     export_formats: list[str] = ["pt", "onnx"]  # any of pt, torchscript, torch_export, onnx, triton ([] = none)
+    target: Literal["close", "realized_vol"] | None = None  # None: the config's (close); realized_vol: its realised variance (config: vol_estimator, vol_window)
+    loss: Literal["mse", "quantile", "nll"] | None = None  # None: the config's (mse); quantile or nll: a probabilistic head (config: quantiles, distribution)
 
     @field_validator("timeframe")
     @classmethod
@@ -280,6 +285,8 @@ class ForecastTask(Task):
                         "mean one-step change (Hyndman); skill: 1 - MSE / naive MSE (above 0: better); dir_acc: share of first steps in the right direction, beside up_rate, what always saying 'up' scores.")
 
     def model_types(self) -> list[str]: return ModelFactory.available()
+    def config(self, p: ForecastParams) -> ModelConfig:   # a loss the model type has no head for is refused before the job starts
+        c = Task.config(self, p); ModelFactory.adapter_class(p.model_type or self.model_types()[0]).check_head(c); return c
 
     def check_data(self, p: ForecastParams) -> None:
         have = get_data_loader(p.data_source or None).list_symbols()
@@ -351,19 +358,21 @@ class BacktestParams(ForecastParams):
     bootstrap_reps: int = Field(1000, ge=10, le=100_000)
     workers: int = Field(1, ge=1, le=256)  # Dask worker processes running folds (tune: trials) at once; 1: in the job's own process
     scheduler_address: str = ""  # an existing Dask scheduler to run them on instead (it needs free slots besides the job's own)
-    probabilistic: bool = True  # backtest: also score historical simulation and GARCH(1,1)-t quantile forecasts on the same folds (`finsight.probabilistic`)
+    probabilistic: bool = True  # backtest: also score historical simulation and GARCH(1,1)-t quantile forecasts (target="realized_vol": HAR-RV and GARCH variance forecasts) on the same folds
 
 class BacktestTask(ForecastTask):
     "A rolling-origin backtest of a forecaster beside naive, drift, seasonal naive and AR baselines, with intervals and Diebold–Mariano tests."
     name, params_model, template = "backtest", BacktestParams, "backtest.ipynb"
     leaderboard_columns = ("rel_mae", "rel_mae_low", "rel_mae_high", "mase", "mase_low", "mase_high", "dm_p_naive", "beats_naive", "dir_acc", "up_rate",
                            "best_baseline", "best_baseline_rel_mae", "p_vs_best_baseline", "origins", "folds",
-                           "prob_model_crps", "prob_model_cov90", "prob_model_p_vs_hist_sim", "prob_hist_sim_crps", "prob_garch_t_crps", "prob_garch_t_cov90")
-    sort_by, plots = (("rel_mae", True),), ("backtest_forecast", "backtest_folds", "prob_calibration")
+                           "prob_model_crps", "prob_model_cov90", "prob_model_p_vs_hist_sim", "prob_hist_sim_crps", "prob_garch_t_crps", "prob_garch_t_cov90",
+                           "vol_model_qlike", "vol_model_p_vs_har", "vol_model_p_vs_naive", "vol_har_qlike", "vol_garch_qlike", "vol_naive_qlike")
+    sort_by, plots = (("rel_mae", True),), ("backtest_forecast", "backtest_folds", "prob_calibration", "vol_forecast")
     leaderboard_note = ("Backtest over every origin of the folds' test blocks. rel_mae: model MAE / naive MAE with its 95% block-bootstrap interval; MASE: MAE / "
                         "each fold's in-sample one-step naive MAE; dm_p_naive: one-sided Diebold-Mariano (HLN) p-value that the model beats naive (beats_naive = 1 at 5%); "
                         "best_baseline: the strongest of drift, seasonal naive and AR, with the model's p-value against it. prob_*: CRPS (from the quantiles) and 90% interval coverage "
-                        "of historical simulation, GARCH(1,1)-t and, for a quantile model (loss=quantile), the model on the same origins, with the model's one-sided DM p-value against historical simulation.")
+                        "of historical simulation, GARCH(1,1)-t and, for a quantile model (loss=quantile or nll), the model on the same origins, with the model's one-sided DM p-value against historical simulation. "
+                        "vol_*: for target=realized_vol, QLIKE of the model, HAR-RV, GARCH and naive variance forecasts at the last step, with the model's DM p-values against HAR-RV and naive.")
     def job_name(self, p: BacktestParams) -> str: return f"{p.symbol}_{p.timeframe}_{p.model_type}_backtest"
 
 # %% ../nbs/45_tasks.ipynb #9be3b3e1
@@ -374,18 +383,19 @@ def train(self: BacktestTask, p: BacktestParams, bars: pd.DataFrame, callbacks=(
     bt = backtest(bars, p.model_type, cfg, p.folds, p.mode, p.embargo, p.refit_every, p.warm_start, p.test_size, p.train_size, p.val_fraction,
                   timeframe=p.timeframe, symbol=p.symbol, device=_device(p), callbacks=callbacks, progress=progress, level=p.level, reps=p.bootstrap_reps,
                   workers=p.workers, scheduler_address=p.scheduler_address or None)
-    bt.prob = None
-    if p.probabilistic:   # the distribution baselines on the backtest's own folds
-        ix = bars.index
+    bt.prob = bt.vol = None
+    if p.probabilistic:   # the distribution (or variance) baselines on the backtest's own folds, the model beside them
+        vol = cfg.target == "realized_vol"; ix = vol_bars(bars, cfg.vol_estimator, cfg.vol_window).index if vol else bars.index
         plan = [Fold(int(r.fold), slice(ix.get_loc(r.train_start), ix.get_loc(r.train_end) + 1), slice(ix.get_loc(r.test_start), ix.get_loc(r.test_end) + 1))
                 for r in bt.folds.itertuples()]
-        levels = cfg.quantiles if cfg.loss == "quantile" else DEFAULT_QUANTILES
-        try: bt.prob = add_model(prob_backtest(bars, cfg.prediction_length, levels=levels, plan=plan, progress=False), bt.forecasts)   # a quantile model beside them
+        try:
+            if vol: bt.vol = add_vol_model(vol_backtest(bars, cfg.prediction_length, estimator=cfg.vol_estimator, window=cfg.vol_window, plan=plan, progress=False), bt.forecasts)
+            else: bt.prob = add_model(prob_backtest(bars, cfg.prediction_length, levels=cfg.quantiles if cfg.loss != "mse" else DEFAULT_QUANTILES, plan=plan, progress=False), bt.forecasts)
         except ProbabilisticError as e: warnings.warn(f"{self.job_name(p)}: no probabilistic baselines ({e})")
     return bt
 
 @patch
-def metrics_of(self: BacktestTask, outcome: Backtest) -> dict: return outcome.metrics() | prob_metrics(getattr(outcome, "prob", None))
+def metrics_of(self: BacktestTask, outcome: Backtest) -> dict: return outcome.metrics() | prob_metrics(getattr(outcome, "prob", None)) | vol_metrics(getattr(outcome, "vol", None))
 @patch
 def metrics_table(self: BacktestTask, outcome: Backtest) -> pd.DataFrame: return outcome.summary()
 @patch
@@ -394,6 +404,7 @@ def save_outputs(self: BacktestTask, p: BacktestParams, outcome: Backtest, folde
     outcome.save(folder); figs = plot_backtest(outcome)
     if (pb := getattr(outcome, "prob", None)) is not None:
         pb.save(folder / "probabilistic"); figs |= {"prob_fan": plot_fan(pb, pb.forecasters()[0] if pb.forecasters()[0] != "naive" else "garch_t"), "prob_calibration": plot_calibration(pb)}
+    if (vb := getattr(outcome, "vol", None)) is not None: vb.save(folder / "volatility"); figs["vol_forecast"] = plot_vol(vb)
     return save_figures(figs, folder)
 
 # %% ../nbs/45_tasks.ipynb #715cdc30
@@ -406,9 +417,10 @@ def record(self: BacktestTask, p: BacktestParams, outcome: Backtest, bars=None, 
                            "finsight.best_baseline": m["best_baseline"]} | ({"finsight.data_hash": data_fingerprint(bars, p.symbol, p.timeframe)["hash"]} if bars is not None else {})
     with tracker.run(self.job_name(p), tags) as rid:
         tracker.log_params_sync(p.to_dict() | self.config(p).to_dict() | {"season": outcome.info.get("season")})
-        tracker.log_metrics_sync({k: v for k, v in (m | prob_metrics(getattr(outcome, "prob", None))).items() if isinstance(v, (int, float))})
-        for f in sorted(folder.glob("backtest*")) + sorted(folder.glob("prob_*.png")) + [folder / "forecasts.parquet"]: tracker.log_artifact_sync(f, None, rid)
-        if (folder / "probabilistic").is_dir(): tracker.log_artifact_sync(folder / "probabilistic", "probabilistic", rid)
+        tracker.log_metrics_sync({k: v for k, v in self.metrics_of(outcome).items() if isinstance(v, (int, float))})
+        for f in sorted(folder.glob("backtest*")) + sorted(folder.glob("prob_*.png")) + sorted(folder.glob("vol_*.png")) + [folder / "forecasts.parquet"]: tracker.log_artifact_sync(f, None, rid)
+        for d in ("probabilistic", "volatility"):
+            if (folder / d).is_dir(): tracker.log_artifact_sync(folder / d, d, rid)
         for _, row in outcome.by_fold().iterrows():
             with tracker.run(f"{self.job_name(p)} fold {row['fold']}", tags | {"finsight.kind": "backtest_fold"}, nested=True):
                 tracker.log_params_sync({k: str(row[k]) for k in ("fold", "train_start", "train_end", "test_start", "test_end", "refit", "ar_order")})

@@ -26,8 +26,9 @@ from .hardware import plan_precision, release_device_memory, resolve_device
 from .data.sources import TimeFrame
 from .data.validation import validate_ohlcv
 from .data.splits import DataSplit
-from .data.windows import TargetTransform, WindowDataset, Windows, make_windows
+from .data.windows import TargetTransform, WindowDataset, Windows, is_intraday, make_windows, vol_bars
 from .features import BasicFeatureEngineering, cut_at
+from .heads import loss_outputs
 from .models import BaseTimeSeriesAdapter, ModelAdapter, ModelConfig, ModelError, ModelFactory, ModelType
 from .metrics import ForecastMetrics, compare_to_naive, naive_forecast, naive_scale
 
@@ -270,12 +271,13 @@ def fit(adapter: ModelAdapter, train, val=None, # window (or text) datasets
     step_fn, cpu_eager = (torch.compile(module) if plan.compile else module), device.type == "cpu" and not plan.compile
     t0, first = time.perf_counter(), st.epoch
     bar = tqdm(total=cfg.num_epochs, initial=st.epoch, desc=f"{adapter.name} {job_id}", disable=not progress, leave=True)
+    stopped = st.bad_epochs >= cfg.early_stopping_patience   # a resumed run whose epochs are all done trains no more
     with cpu_fast_paths(module, dropout=plan.fast_dropout, softmax=cpu_eager):
         for epoch in range(st.epoch + 1, cfg.num_epochs + 1):
             te = time.perf_counter()
             loss, steps = _epoch(step_fn, train, opt, scaler, autocast, cfg, device, torch.Generator().manual_seed(cfg.seed * 1000 + epoch), loss_fn)
             if not np.isfinite(loss): raise TrainingError(f"training loss became {loss} at epoch {epoch}: lower the learning rate or check the features")
-            vl = _val_loss(step_fn, val, device, autocast, cfg.batch_size, loss_fn)
+            with loss_outputs(module): vl = _val_loss(step_fn, val, device, autocast, cfg.batch_size, loss_fn)   # a distribution head: its parameters, for the NLL
             sched.step(loss if vl is None else vl)
             st.update({"epoch": epoch, "loss": loss, "val_loss": vl, "learning_rate": opt.param_groups[0]["lr"], "batches": steps,
                        "seconds": time.perf_counter() - te}, loss if vl is None else vl, module)
@@ -310,7 +312,7 @@ def evaluate(adapter: BaseTimeSeriesAdapter, ds: WindowDataset, target: TargetTr
             ) -> ForecastMetrics:
     "MAE, MSE, RMSE, MAPE of the model and of the naive forecast on the same windows, rel_mae, MASE, skill and direction."
     f = forecast_windows(adapter, ds, target)
-    return compare_to_naive(f["future_close"], f["pred"], f["last_close"], scale)
+    return compare_to_naive(f["future_close"], f["pred"], f["last_close"], scale, variance=adapter.config.target == "realized_vol")
 
 # %% ../nbs/31_training.ipynb #34bf2d30
 @dataclass
@@ -345,6 +347,8 @@ class TrainedModel:
 def predict(model: TrainedModel, bars: pd.DataFrame, every_window: bool = False) -> pd.DataFrame:
     "Price forecasts from raw `bars`: the next `prediction_length` bars after the last one (indexed by the time they are for), or one row per window origin."
     cfg, fe = model.config, model.features
+    vol = cfg.target == "realized_vol"
+    if vol: bars = vol_bars(bars, cfg.vol_estimator, cfg.vol_window)   # a variance model forecasts the realised variance of these bars
     need = fe.warmup_ + cfg.context_length
     if len(bars) < need: raise TrainingError(f"{len(bars)} bars are too few to predict: need {need} ({fe.warmup_} warm-up + {cfg.context_length} context)")
     feats = fe.transform(bars)
@@ -359,8 +363,9 @@ def predict(model: TrainedModel, bars: pd.DataFrame, every_window: bool = False)
         out = pd.DataFrame(prices, index=pd.Index(origins, name="origin"), columns=[f"h{i + 1}" for i in range(cfg.prediction_length)])
         return out if not lv else out.join(pd.DataFrame({f"h{i + 1}_q{a:g}": q[:, i, j] for i in range(cfg.prediction_length) for j, a in enumerate(lv)}, index=out.index))
     step = TimeFrame.parse(model.timeframe).delta if model.timeframe else (feats.index[-1] - feats.index[-2])
+    if vol: step = max(step, pd.Timedelta(days=1))   # intraday bars have one variance a day
     idx = pd.DatetimeIndex([origins[-1] + step * (i + 1) for i in range(cfg.prediction_length)], name="timestamp")
-    return pd.DataFrame({"forecast": prices[0], "last_close": last[-1]} | {f"q{a:g}": q[0, :, j] for j, a in enumerate(lv)}, index=idx)
+    return pd.DataFrame({"forecast": prices[0], "last_rv" if vol else "last_close": last[-1]} | {f"q{a:g}": q[0, :, j] for j, a in enumerate(lv)}, index=idx)
 
 # %% ../nbs/31_training.ipynb #a95ae03e
 class ModelCache:
@@ -403,18 +408,29 @@ def plot_forecast(f: dict, step: int = 0, last: int = 200, title: str = "forecas
 
 # %% ../nbs/31_training.ipynb #ab3abf41
 def prepare_windows(train_data: pd.DataFrame, val_data: pd.DataFrame, test_data: pd.DataFrame | None,
-                    fe: BasicFeatureEngineering, config: ModelConfig, timeframe=None) -> tuple[Windows, DataSplit]:
-    "Fit `fe` on `train_data`, validate the bars, and build the windows of every part."
+                    fe: BasicFeatureEngineering, config: ModelConfig, timeframe=None,
+                    variance_bars: bool = False, # target="realized_vol" and the parts are `vol_bars` already (a backtest converts all bars once)
+                   ) -> tuple[Windows, DataSplit]:
+    "Fit `fe` on `train_data`, validate the bars, and build the windows of every part (for target='realized_vol': of their realised variance)."
     parts = {"train": train_data, "val": val_data, **({"test": test_data} if test_data is not None and len(test_data) else {})}
     names = list(parts)
     for a, b in zip(names, names[1:]):
         if len(parts[b]) and len(parts[a]) and parts[b].index[0] <= parts[a].index[-1]:
             raise TrainingError(f"{b}_data must start after {a}_data ends (temporal split): {b} starts {parts[b].index[0]}, {a} ends {parts[a].index[-1]}")
     bars = pd.concat(list(parts.values()))
-    validate_ohlcv(bars, timeframe, strict=True, min_rows=config.context_length + config.prediction_length)
-    fe.fit(train_data)
+    validate_ohlcv(bars, timeframe if not variance_bars else None, strict=True, min_rows=config.context_length + config.prediction_length)
+    if config.target == "realized_vol" and not variance_bars: bars, parts = _variance_parts(bars, parts, config)
+    fe.fit(parts["train"])
     bsplit, fsplit = cut_at(bars, fe.transform(bars), {p: d.index[0] for p, d in parts.items()}, config.context_length)
     return make_windows(bsplit, fsplit, config.context_length, config.prediction_length, config.target_column, config.target_transform), bsplit
+
+def _variance_parts(bars: pd.DataFrame, parts: dict, config: ModelConfig) -> tuple[pd.DataFrame, dict]:
+    "The realised-variance bars of all `bars` (each from its own past only), cut where the parts start (at the start of its day for intraday bars)."
+    vb, day = vol_bars(bars, config.vol_estimator, config.vol_window), is_intraday(bars.index)
+    starts = [d.index[0].normalize() if day else d.index[0] for d in parts.values()] + [None]
+    cut = {p: vb[(vb.index >= a) & ((vb.index < b) if b is not None else True)] for p, a, b in zip(parts, starts, starts[1:])}
+    if len(cut["train"]) < 2: raise TrainingError(f"target='realized_vol': the training bars give {len(cut['train'])} variance value(s); give more bars")
+    return vb, {p: d for p, d in cut.items() if len(d)}
 
 # %% ../nbs/31_training.ipynb #a0d54529
 @dataclass

@@ -16,21 +16,22 @@ from ..settings import FinsightError
 from .splits import DataSplit
 
 # %% auto #0
-__all__ = ['TargetKind', 'WindowError', 'target_series', 'TargetTransform', 'WindowDataset', 'Windows', 'make_windows']
+__all__ = ['TargetKind', 'VOL_ESTIMATORS', 'WindowError', 'target_series', 'TargetTransform', 'is_intraday', 'realized_variance',
+           'vol_bars', 'WindowDataset', 'Windows', 'make_windows']
 
 # %% ../../nbs/04_data.windows.ipynb #8bd1f3e4
 class WindowError(FinsightError, ValueError):
     "Windows cannot be built: too few rows, a missing column, or mismatched inputs."
 
-TargetKind = Literal["price", "return", "log_return"]
+TargetKind = Literal["price", "return", "log_return", "variance"]
 
 def target_series(close: np.ndarray, kind: TargetKind) -> np.ndarray:
     "The untransformed target at each bar (first bar NaN for returns)."
     c = np.asarray(close, "float64"); prev = np.concatenate([[np.nan], c[:-1]])
-    if kind == "price": return c
+    if kind in ("price", "variance"): return c
     if kind == "return": return c / prev - 1
     if kind == "log_return": return np.log(c / prev)
-    raise WindowError(f"target_transform={kind!r} is invalid: must be 'price', 'return' or 'log_return'")
+    raise WindowError(f"target_transform={kind!r} is invalid: must be 'price', 'return', 'log_return' or 'variance'")
 
 # %% ../../nbs/04_data.windows.ipynb #fd9df57d
 @dataclass
@@ -39,11 +40,13 @@ class TargetTransform:
     kind: str = "log_return"
     mean: float = 0.0
     std: float = 1.0
+    floor: float = 0.0  # variance: the smallest positive training value, the lowest forecast given
 
     def fit(self, values: np.ndarray) -> TargetTransform:
         v = np.asarray(values, "float64"); v = v[np.isfinite(v)]
         if len(v) < 2: raise WindowError("need at least 2 finite training targets to fit the target scaling")
         self.mean, self.std = float(v.mean()), float(v.std() or 1.0)
+        if self.kind == "variance": self.floor = float(v[v > 0].min()) if (v > 0).any() else 0.0
         return self
 
     def encode(self, close: np.ndarray) -> np.ndarray:
@@ -55,6 +58,7 @@ class TargetTransform:
         z = np.asarray(pred, "float64") * self.std + self.mean
         last = np.asarray(last_close, "float64")[:, None]
         if self.kind == "price": return z
+        if self.kind == "variance": return self._positive(z)
         if self.kind == "return": return last * np.cumprod(1 + z, axis=1)
         return last * np.exp(np.cumsum(z, axis=1))
 
@@ -64,11 +68,58 @@ class TargetTransform:
         quantiles is not a quantile of the sum), and exp is monotone, so price quantiles follow; for prices, per step."""
         z, last = np.asarray(pred, "float64"), np.asarray(last_close, "float64")[:, None, None]
         if self.kind == "price": return z * self.std + self.mean
-        if self.kind != "log_return": raise WindowError(f"quantile forecasts need target_transform 'log_return' or 'price', not {self.kind!r}")
+        if self.kind == "variance": return self._positive(z * self.std + self.mean)
+        if self.kind != "log_return": raise WindowError(f"quantile forecasts need target_transform 'log_return', 'price' or 'variance', not {self.kind!r}")
         k = np.arange(1, z.shape[1] + 1)[None, :, None]
         return last * np.exp(z * self.std + k * self.mean)
 
+    def _positive(self, v: np.ndarray) -> np.ndarray:
+        "A variance forecast raised to the smallest training variance (as HAR-RV's): a forecast at or near zero has no meaning, and QLIKE punishes it without bound."
+        return np.maximum(v, max(self.floor, 1e-3 * abs(self.mean)))
+
     def state(self) -> dict: return asdict(self)
+
+# %% ../../nbs/04_data.windows.ipynb #ebcfa6c5
+VOL_ESTIMATORS = ("close_to_close", "parkinson", "garman_klass")
+
+def is_intraday(index) -> bool:
+    "Whether `index` holds bars shorter than a day (the median step under 23 hours)."
+    return isinstance(index, pd.DatetimeIndex) and len(index) > 2 and pd.Series(index).diff().median() < pd.Timedelta(hours=23)
+
+def realized_variance(bars: pd.DataFrame, estimator: str = "close_to_close", window: int = 1) -> pd.Series:
+    "One variance of log returns per bar (per day for intraday bars) by `estimator`, averaged over the last `window` values."
+    if estimator not in VOL_ESTIMATORS: raise WindowError(f"vol_estimator={estimator!r} is unknown: use one of {', '.join(VOL_ESTIMATORS)}")
+    if not isinstance(window, int) or window < 1: raise WindowError(f"window={window!r} is invalid: a whole number of bars >= 1")
+    need = {"close_to_close": ["close"], "parkinson": ["high", "low"], "garman_klass": ["open", "high", "low", "close"]}[estimator]
+    if missing := [k for k in need if k not in bars]:
+        raise WindowError(f"vol_estimator={estimator!r} needs the column(s) {', '.join(missing)}, which the bars lack (found: {', '.join(map(str, bars.columns))}); use 'close_to_close' for bars with closes only")
+    b = bars[need].astype("float64")
+    if (b <= 0).any().any(): raise WindowError(f"{', '.join(need)}: prices must be positive for log returns")
+    if is_intraday(b.index):
+        day = b.index.normalize()
+        if estimator == "close_to_close":
+            r = np.log(b["close"]).groupby(day).diff()   # within the day: the overnight gap is not a return of the day
+            v = (r ** 2).groupby(day).sum(min_count=1)
+        else:
+            b = b.groupby(day).agg({k: {"open": "first", "high": "max", "low": "min", "close": "last"}[k] for k in need})
+            v = _range_variance(b, estimator)
+    else: v = (np.log(b["close"]).diff() ** 2) if estimator == "close_to_close" else _range_variance(b, estimator)
+    v = v.rolling(window).mean() if window > 1 else v
+    return v.dropna().rename(f"rv_{estimator}")
+
+def _range_variance(b: pd.DataFrame, estimator: str) -> pd.Series:
+    hl = np.log(b["high"] / b["low"]) ** 2
+    if estimator == "parkinson": return hl / (4 * np.log(2))
+    return 0.5 * hl - (2 * np.log(2) - 1) * np.log(b["close"] / b["open"]) ** 2
+
+def vol_bars(bars: pd.DataFrame, estimator: str = "close_to_close", window: int = 1) -> pd.DataFrame:
+    "Bars of the realised variance (`realized_variance`): open, high, low and close all the variance (floored at 1e-12 so logs stay finite), the volume summed per day for intraday bars."
+    rv = realized_variance(bars, estimator, window).clip(lower=1e-12)
+    out = pd.DataFrame({k: rv.to_numpy() for k in ("open", "high", "low", "close")}, index=rv.index)
+    if "volume" in bars:
+        vol = bars["volume"].groupby(bars.index.normalize()).sum() if is_intraday(bars.index) else bars["volume"]
+        out["volume"] = vol.reindex(rv.index).fillna(0.0).to_numpy("float64")
+    return out
 
 # %% ../../nbs/04_data.windows.ipynb #a7908fa3
 class WindowDataset(torch.utils.data.Dataset):
