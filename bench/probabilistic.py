@@ -29,29 +29,35 @@ def main():
         t0 = time.perf_counter(); vb = vol_backtest(bars, horizon=1, folds=a.folds, progress=False); times["vol"].append((time.perf_counter() - t0) / a.folds)
         for m in ("dlinear", "patchtst"):
             t0 = time.perf_counter(); fit_fold(bars, plan[-1], m, cfg); times[m].append(time.perf_counter() - t0)
-    # training throughput of the quantile head beside the MSE head: the same DLinear, the same windows
+    # training throughput of each probabilistic head beside the MSE head of the same model, on the same windows
     from finsight.training import fit, prepare_windows
     from finsight.models import ModelFactory
-    n, runs = len(bars), {"mse": [], "quantile": []}
-    cfgs = {loss: ModelConfig(context_length=64, num_epochs=a.epochs, early_stopping_patience=a.epochs + 1, loss=loss) for loss in runs}
-    win, _ = prepare_windows(bars.iloc[:int(n * .7)], bars.iloc[int(n * .7):int(n * .85)], None, BasicFeatureEngineering(), cfgs["mse"])
-    for _ in range(2 * a.rounds + 1):   # interleaved: the machine's drift hits both heads alike
-        for loss, c in cfgs.items():
-            ad = ModelFactory.create("dlinear", c, len(win.channels), win.target_channel)
-            t0 = time.perf_counter(); fit(ad, win.train, win.val, progress=False); runs[loss].append(len(win.train) * a.epochs / (time.perf_counter() - t0))
-    heads = {k: statistics.median(v) for k, v in runs.items()}
+    n = len(bars)
+    heads = {("dlinear", "mse"): {}, ("dlinear", "quantile"): {"loss": "quantile"},
+             ("patchtst", "mse"): {}, ("patchtst", "nll normal"): {"loss": "nll", "distribution": "normal"}, ("patchtst", "nll student_t"): {"loss": "nll"},
+             ("patchtsmixer", "mse"): {}, ("patchtsmixer", "nll student_t"): {"loss": "nll"}}
+    epochs = {"dlinear": a.epochs, "patchtst": 1, "patchtsmixer": 1}
+    cfgs = {k: ModelConfig(context_length=64, num_epochs=epochs[k[0]], early_stopping_patience=epochs[k[0]] + 1, **o) for k, o in heads.items()}
+    win, _ = prepare_windows(bars.iloc[:int(n * .7)], bars.iloc[int(n * .7):int(n * .85)], None, BasicFeatureEngineering(), cfgs["dlinear", "mse"])
+    runs = {k: [] for k in heads}
+    for r in range(2 * a.rounds + 1):   # interleaved: the machine's drift hits every head alike
+        for k, c in cfgs.items():
+            if k[0] != "dlinear" and r >= a.rounds: continue   # the transformers: `rounds` fits each
+            ad = ModelFactory.create(k[0], c, len(win.channels), win.target_channel)
+            t0 = time.perf_counter(); fit(ad, win.train, win.val, progress=False); runs[k].append(len(win.train) * c.num_epochs / (time.perf_counter() - t0))
+    thr = {k: statistics.median(v) for k, v in runs.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [{"per fold": "historical simulation + GARCH(1,1)-t quantiles (prob_backtest)", "seconds": med["prob"], "vs one PatchTST fold": med["prob"] / med["patchtst"]},
             {"per fold": "naive + HAR-RV + GARCH variance (vol_backtest)", "seconds": med["vol"], "vs one PatchTST fold": med["vol"] / med["patchtst"]},
             {"per fold": f"DLinear training, last fold ({a.epochs} epochs)", "seconds": med["dlinear"], "vs one PatchTST fold": med["dlinear"] / med["patchtst"]},
             {"per fold": f"PatchTST training, last fold ({a.epochs} epochs)", "seconds": med["patchtst"], "vs one PatchTST fold": 1.0}]
-    rows += [{"per fold": f"DLinear {k} head: training windows per second", "seconds": "", "vs one PatchTST fold": "", "windows/s": round(v), "vs the MSE head": round(v / heads["mse"], 3)}
-             for k, v in heads.items()]
+    heads_rows = [{"model": m, "head": h, "training windows/s": round(v), "vs the MSE head": round(v / thr[m, "mse"], 3)} for (m, h), v in thr.items()]
     s = pb.forecasts.groupby("fold").size().median()
-    body = (table(rows) + f"\n\n{len(bars)} S&P 500 daily bars, {len(plan)} expanding folds (about {int(s)} origin-horizon rows per fold, "
+    body = (table(rows) + "\n\n" + table(heads_rows) + f"\n\n{len(bars)} S&P 500 daily bars, {len(plan)} expanding folds (about {int(s)} origin-horizon rows per fold, "
             f"horizon {cfg.prediction_length}); medians of {a.rounds} rounds. "
-            "The quantile head (pinball loss, 5 levels) beside the MSE head: the same DLinear on the same windows (context 64), epochs as above, interleaved, median of 2 x rounds + 1 fits each. "
-            "PatchTST and PatchTSMixer have no distribution (NLL) head yet, so theirs is not measured.")
+            "Heads: each probabilistic head (quantile: pinball loss on 5 levels; nll: the Hugging Face distribution head) beside the MSE head of the same model, "
+            "on the same windows (context 64, default model sizes), interleaved; DLinear with the epochs above, median of 2 x rounds + 1 fits; "
+            "PatchTST and PatchTSMixer one epoch per fit, median of rounds fits.")
     write_section("Probabilistic baselines", body, "python bench/probabilistic.py " + " ".join(sys.argv[1:]))
 
 
