@@ -27,6 +27,7 @@ from .data.sources import TimeFrame
 from .data.validation import validate_ohlcv
 from .data.splits import DataSplit
 from .data.windows import TargetTransform, WindowDataset, Windows, is_intraday, make_windows, vol_bars
+from .data.calendars import next_bar_times, symbol_calendar
 from .features import BasicFeatureEngineering, cut_at
 from .heads import loss_outputs
 from .models import BaseTimeSeriesAdapter, ModelAdapter, ModelConfig, ModelError, ModelFactory, ModelType
@@ -344,8 +345,10 @@ class TrainedModel:
                    x.get("timeframe", ""), x.get("metrics", {}), x.get("history", []))
 
 # %% ../nbs/31_training.ipynb #d30d8c9f
-def predict(model: TrainedModel, bars: pd.DataFrame, every_window: bool = False) -> pd.DataFrame:
-    "Price forecasts from raw `bars`: the next `prediction_length` bars after the last one (indexed by the time they are for), or one row per window origin."
+def predict(model: TrainedModel, bars: pd.DataFrame, every_window: bool = False,
+            calendar: str | None = None, # the trading calendar that dates the next bars (default: the symbol's, `finsight.data.calendars`)
+           ) -> pd.DataFrame:
+    "Price forecasts from raw `bars`: the next `prediction_length` bars after the last one (indexed by the sessions or trading hours they are for), or one row per window origin."
     cfg, fe = model.config, model.features
     vol = cfg.target == "realized_vol"
     if vol: bars = vol_bars(bars, cfg.vol_estimator, cfg.vol_window)   # a variance model forecasts the realised variance of these bars
@@ -364,7 +367,7 @@ def predict(model: TrainedModel, bars: pd.DataFrame, every_window: bool = False)
         return out if not lv else out.join(pd.DataFrame({f"h{i + 1}_q{a:g}": q[:, i, j] for i in range(cfg.prediction_length) for j, a in enumerate(lv)}, index=out.index))
     step = TimeFrame.parse(model.timeframe).delta if model.timeframe else (feats.index[-1] - feats.index[-2])
     if vol: step = max(step, pd.Timedelta(days=1))   # intraday bars have one variance a day
-    idx = pd.DatetimeIndex([origins[-1] + step * (i + 1) for i in range(cfg.prediction_length)], name="timestamp")
+    idx = next_bar_times(origins[-1], cfg.prediction_length, step, calendar or symbol_calendar(model.symbol))
     return pd.DataFrame({"forecast": prices[0], "last_rv" if vol else "last_close": last[-1]} | {f"q{a:g}": q[0, :, j] for j, a in enumerate(lv)}, index=idx)
 
 # %% ../nbs/31_training.ipynb #a95ae03e
