@@ -34,8 +34,8 @@ def test_a_job_trains_a_distribution_head_on_the_volatility_target(tmp_path):
     x = np.random.default_rng(0).standard_normal((4, 32, meta["input_shape"][2])).astype("float32")
     y = ort.InferenceSession(str(next(folder.rglob("*.onnx"))), providers=["CPUExecutionProvider"]).run(None, {"past_values": x})[0]
     assert y.shape == (4, 3, 5) and (np.diff(y, axis=-1) >= 0).all() and np.isfinite(y).all()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")   # not mlflow.set_tracking_uri: it sets the variable every later process inherits
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
     assert (run.data.params["target"], run.data.params["loss"], run.data.params["target_transform"]) == ("realized_vol", "nll", "variance"), run.data.params
 
 

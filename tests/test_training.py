@@ -187,7 +187,8 @@ def test_predict_from_saved_model_through_cache(sp, tmp_path):
     bars = pd.concat(sp)
     cache = ModelCache(max_size=2, ttl_seconds=60)
     p = predict(cache.get(path), bars)
-    assert list(p.index) == [bars.index[-1] + pd.Timedelta("1D"), bars.index[-1] + pd.Timedelta("2D")]
+    assert bars.index[-1] == pd.Timestamp("2018-12-31", tz="UTC")   # a Monday; 1 January is a holiday: the next NYSE sessions are the 2nd and 3rd
+    assert list(p.index) == [pd.Timestamp("2019-01-02", tz="UTC"), pd.Timestamp("2019-01-03", tz="UTC")]
     assert (p["forecast"] - bars.close.iloc[-1]).abs().max() < 0.2 * bars.close.iloc[-1]   # prices, near the last close
     assert cache.get(path) is cache.get(path) and cache.hits == 2
     pd.testing.assert_frame_equal(p, predict(out.model, bars))
