@@ -33,7 +33,7 @@ def save_plots(outcome: TrainingOutcome, folder: str | Path) -> dict[str, Path]:
     "The training curves and the validation and test forecasts beside actual and naive, as PNG files in `folder`."
     m, folder = outcome.model, Path(folder); folder.mkdir(parents=True, exist_ok=True)
     title = f"{m.model_type} on {m.symbol} {m.timeframe}"
-    figs = {"training_curve": plot_history(outcome.history, title)} if outcome.history else {}
+    figs = {"training_curve": plot_history(outcome.history, title, outcome.config.loss)} if outcome.history else {}
     for part in ("val", "test"):
         ds = getattr(m.windows, part, None) if m.windows is not None else None
         if ds is not None and len(ds): figs[f"forecast_{part}"] = plot_forecast(forecast_windows(m.adapter, ds, m.target), title=f"{title}, {part}")

@@ -272,7 +272,7 @@ def write_sentiment_run(outcome: SentimentOutcome, folder: str | Path, save_mode
              "data_report.json": {"rows": rep.n_rows, "ok": rep.ok, "split": repr(outcome.split), "checks": rep.to_frame().to_dict("records")}}
     out = {n: write_json(folder / n, obj) for n, obj in files.items()}
     figs = {f"confusion_{p}.png": plot_confusion_matrix(cm, outcome.labels, f"{p} confusion matrix") for p, cm in outcome.confusion.items()}
-    if outcome.history: figs["training_curve.png"] = plot_history(outcome.history, "sentiment")
+    if outcome.history: figs["training_curve.png"] = plot_history(outcome.history, "sentiment", loss="cross-entropy")
     for n, fig in figs.items(): out[n] = folder / n; fig.savefig(out[n], dpi=80); plt.close(fig)
     if save_model: out["model"] = outcome.model.save(folder / "model")
     return out

@@ -387,12 +387,13 @@ class ModelCache:
     def __len__(self): return len(self._d)
 
 # %% ../nbs/31_training.ipynb #47506630
-def plot_history(history: list[dict], title: str = "training"):
+def plot_history(history: list[dict], title: str = "training",
+                 loss: str = "mse"): # the training objective (`ModelConfig.loss`), named in the title
     "Training and validation loss, and the learning rate, by epoch."
     import matplotlib.pyplot as plt
     h = pd.DataFrame(history).set_index("epoch")
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
-    h[["loss", "val_loss"]].plot(ax=ax, marker="o"); ax.set_title(f"{title}: loss (scaled target MSE)")
+    h[["loss", "val_loss"]].plot(ax=ax, marker="o"); ax.set_title(f"{title}: loss ({ {'mse': 'scaled target MSE', 'quantile': 'pinball', 'nll': 'negative log-likelihood'}.get(loss, loss)})")
     h["learning_rate"].plot(ax=ax2, marker="o", logy=True); ax2.set_title("learning rate")
     fig.tight_layout(); return fig
 
