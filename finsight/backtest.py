@@ -332,6 +332,12 @@ class Backtest:
 
 # %% ../nbs/32_backtest.ipynb #9ef32395
 @patch
+def fold_plan(self: Backtest, index: pd.Index) -> list[Fold]:
+    "The backtest's folds as positions in `index`, the bars it ran on: to score other forecasters on the same folds and origins."
+    at = index.get_loc
+    return [Fold(int(r.fold), slice(at(r.train_start), at(r.train_end) + 1), slice(at(r.test_start), at(r.test_end) + 1)) for r in self.folds.itertuples()]
+
+@patch
 def metrics(self: Backtest) -> dict:
     "Flat numbers for leaderboards and trackers: the model's rel_mae and MASE with intervals, its p-value against naive and the best baseline, direction."
     s, v = self.summary(), self.versus(); m = s.loc["model"]

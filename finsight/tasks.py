@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from .settings import OWNER_FILE, CheckedModel, ConfigError, FinsightError, JobOutputError, folder_owner_problem, get_settings, write_json, writing
 from .data.sources import DataLoaderType, TimeFrame, check_symbol, data_fingerprint
 from .data.loaders import get_data_loader
-from .data.splits import Fold, temporal_split
+from .data.splits import temporal_split
 from .data.texts import as_text_split, sentiment_dataset_path, validate_texts
 from .features import BasicFeatureEngineering
 from .models import ModelConfig, ModelFactory, ModelType
@@ -386,8 +386,7 @@ def train(self: BacktestTask, p: BacktestParams, bars: pd.DataFrame, callbacks=(
     bt.prob = bt.vol = None
     if p.probabilistic:   # the distribution (or variance) baselines on the backtest's own folds, the model beside them
         vol = cfg.target == "realized_vol"; ix = vol_bars(bars, cfg.vol_estimator, cfg.vol_window).index if vol else bars.index
-        plan = [Fold(int(r.fold), slice(ix.get_loc(r.train_start), ix.get_loc(r.train_end) + 1), slice(ix.get_loc(r.test_start), ix.get_loc(r.test_end) + 1))
-                for r in bt.folds.itertuples()]
+        plan = bt.fold_plan(ix)
         try:
             if vol: bt.vol = add_vol_model(vol_backtest(bars, cfg.prediction_length, estimator=cfg.vol_estimator, window=cfg.vol_window, plan=plan, progress=False), bt.forecasts)
             else: bt.prob = add_model(prob_backtest(bars, cfg.prediction_length, levels=cfg.quantiles if cfg.loss != "mse" else DEFAULT_QUANTILES, plan=plan, progress=False), bt.forecasts)
