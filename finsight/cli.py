@@ -22,9 +22,10 @@ from .tasks import available_tasks, get_task
 from .job_store import JobStore
 from .jobs import TrainingService, job_status, plan_workers
 from .batch import resume_batch, run_batch
+from .serve import export_uri, list_models, predict_uri, promote, serve_model, show_model, write_forecasts
 
 # %% auto #0
-__all__ = ['MAIN_JOB_CONFIG', 'data_report', 'main_job', 'info', 'exit_code', 'main']
+__all__ = ['MAIN_JOB_CONFIG', 'data_report', 'main_job', 'read_job_file', 'info', 'exit_code', 'main']
 
 # %% ../nbs/60_cli.ipynb #cbe71473
 def data_report(symbol: str, timeframe="1d", loader=None, out_dir: str | Path | None = None,
@@ -70,16 +71,69 @@ def _kv(items: list[str] | None, what: str = "--set") -> dict:
 def _job_args(p: argparse.ArgumentParser, many: bool = False):
     p.add_argument("--task", default="forecast", help=f"what kind of job (default: forecast; `finsight tasks` lists them)")
     if many:
-        p.add_argument("--symbols", nargs="+", required=True); p.add_argument("--timeframes", nargs="+", default=["1d"])
+        p.add_argument("--symbols", nargs="+", default=None, help="market symbols (required, here or in --config)"); p.add_argument("--timeframes", nargs="+", default=["1d"])
         p.add_argument("--models", nargs="+", default=[""], help="model types (default: the task's default)"); p.add_argument("--max-concurrent", type=int, default=None)
         p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (default: an in-process cluster)")
         p.add_argument("--retries", type=int, default=1, help="retries of a failed job (with backoff)"); p.add_argument("--priority", type=int, default=0)
     else:
-        p.add_argument("symbol", help="a market symbol (a text data set for --task sentiment)")
+        p.add_argument("symbol", nargs="?", default=None, help="a market symbol (a text data set for --task sentiment); required, here or in --config")
         p.add_argument("--timeframe", default="1d"); p.add_argument("--model", default="", help="model type (default: the task's default)")
     p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="config overrides, e.g. num_epochs=5 d_model=64 (the task's config: ModelConfig, SentimentConfig)")
     p.add_argument("--param", nargs="*", action="extend", metavar="KEY=VALUE", help="job parameters, e.g. export_formats='[\"onnx\"]' or data_path=data/sentiment/news.csv")
     p.add_argument("--source", choices=[k.value for k in DataLoaderType], default=None, help="data source (default: settings)")
+    p.add_argument("--config", default=None, metavar="JOB.yaml", help="a YAML or JSON file of these options (symbol, model, set: {num_epochs: 5}, param: {...}, ...); the command line overrides it")
+
+# %% ../nbs/60_cli.ipynb #1deecad1
+def read_job_file(path: str | Path) -> dict:
+    "The mapping of options in a YAML or JSON job file."
+    import yaml
+    p = Path(path)
+    if not p.is_file(): raise ConfigError(f"--config {path}: no such file")
+    try: data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e: raise ConfigError(f"--config {path}: not valid YAML or JSON ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(data, dict | None): raise ConfigError(f"--config {path}: the file must hold a mapping of option names to values, not a {type(data).__name__}")
+    return data or {}
+
+def _file_value(a: argparse.Action, key: str, v, path):
+    "A job file's value for option `a`, checked as the command line would check it."
+    bad = lambda why: ConfigError(f"--config {path}: {key}={v!r} is invalid: {why}")
+    if a.dest in ("set", "param"):
+        if isinstance(v, dict): return [f"{k}={json.dumps(x, default=str)}" for k, x in v.items()]
+        raise bad(f"{key} must be a mapping, for example {key}: {{{'num_epochs: 5' if key == 'set' else 'export_formats: [onnx]'}}}")
+    if a.nargs == 0:
+        if not isinstance(v, bool): raise bad("must be true or false")
+        return v
+    vals = v if isinstance(v, list) and a.nargs in ("+", "*") else [v]
+    if not vals and a.nargs == "+": raise bad("give at least one value")
+    try: vals = [a.type(x) if a.type else str(x) for x in vals]
+    except (TypeError, ValueError) as e: raise bad(str(e) or "wrong type") from None
+    if a.choices and any(x not in a.choices for x in vals): raise bad(f"must be one of {', '.join(map(str, a.choices))}")
+    return vals if a.nargs in ("+", "*") else vals[0]
+
+# %% ../nbs/60_cli.ipynb #17a0022c
+def _job_file_defaults(sub: argparse.ArgumentParser, cmd: str, path) -> dict:
+    "Defaults for the subcommand `sub` from the job file `path`; `ConfigError` naming unknown keys."
+    acts = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
+    out, unknown = {}, []
+    for key, v in read_job_file(path).items():
+        k = str(key).replace("-", "_")
+        if k not in acts and k + "s" in acts: k += "s"   # `symbol: SP500` in a batch file
+        if k not in acts: unknown.append(str(key)); continue
+        out[k] = _file_value(acts[k], str(key), v, path)
+    if unknown: raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; `finsight {cmd}` takes {', '.join(sorted(acts))}")
+    return out
+
+def _subparser(p: argparse.ArgumentParser, cmd: str) -> argparse.ArgumentParser:
+    return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    "Parse `argv`; a `--config` file's options become defaults that the command line overrides."
+    p = _parser(); args = p.parse_args(argv)
+    if getattr(args, "config", None):
+        _subparser(p, args.cmd).set_defaults(**_job_file_defaults(_subparser(p, args.cmd), args.cmd, args.config)); args = p.parse_args(argv)
+    if args.cmd in ("train", "run", "backtest", "tune") and not args.symbol: raise ConfigError(f"`finsight {args.cmd}` needs a SYMBOL (on the command line or `symbol:` in --config)")
+    if args.cmd == "batch" and not args.symbols: raise ConfigError("`finsight batch` needs --symbols (or `symbols:` in --config)")
+    return args
 
 # %% ../nbs/60_cli.ipynb #d63bab9c
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +160,28 @@ def _parser() -> argparse.ArgumentParser:
     for q, what in ((bt, "folds"), (tu, "trials")):
         q.add_argument("--workers", type=int, default=None, help=f"{what} at once, each in a warm Dask worker process (default: 1, in this process)")
         q.add_argument("--scheduler", default=None, help=f"run the {what} on the workers of this Dask scheduler instead")
+    uri_help = "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model, a run id, an MLflow model folder, a .pt file or an export folder"
+    pr = sub.add_parser("predict", help="forecasts of a model from a symbol's bars (loaded and validated as jobs load them)")
+    ex = sub.add_parser("export", help="export a model (registry, run, folder or .pt) and check each format against it")
+    sv = sub.add_parser("serve", help="MLflow's scoring server for a model (registered, a run's, a folder) on HOST:PORT")
+    for q in (pr, ex, sv):
+        q.add_argument("model_uri", help=uri_help); q.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else the embedded store")
+        q.add_argument("--source", choices=[k.value for k in DataLoaderType], default=None, help="data source of the bars (default: settings)")
+    pr.add_argument("--symbol", default=None, help="default: the model's"); pr.add_argument("--timeframe", default=None, help="default: the model's")
+    pr.add_argument("--every-window", action="store_true", help="one forecast per window origin instead of the next bars only")
+    pr.add_argument("--out", default=None, help="write the forecasts to a .csv or .parquet file instead of printing them")
+    ex.add_argument("--formats", nargs="+", default=["pt", "onnx"], help="any of pt, torchscript, torch_export, onnx, triton, or all (default: pt onnx)")
+    ex.add_argument("--out", default=None, help="export folder (default: runs/exports/<symbol>_<timeframe>_<model>)"); ex.add_argument("--overwrite", action="store_true", help="replace an export of another model there")
+    ex.add_argument("--symbol", default=None, help="the bars the parity check runs on (default: the model's symbol)")
+    sv.add_argument("--host", default="127.0.0.1"); sv.add_argument("--port", type=int, default=5000); sv.add_argument("--workers", type=int, default=1)
+    mo = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
+    mo.add_parser("list", help="registered models, their versions and aliases").add_argument("--name-contains", default=None)
+    mo.add_parser("show", help="the versions of a registered model beside their runs' val/test rel_mae").add_argument("name")
+    mp = mo.add_parser("promote", help="point an alias (champion) at the version with the best validation metric")
+    mp.add_argument("names", nargs="*", help="registered names finsight-<symbol>-<timeframe>-<model> (or give --symbol and --model)")
+    mp.add_argument("--symbol", default=None); mp.add_argument("--timeframe", default="1d"); mp.add_argument("--model", default=None)
+    mp.add_argument("--metric", default="val_rel_mae"); mp.add_argument("--alias", default="champion")
+    for q in mo.choices.values(): q.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else the embedded store")
     sub.add_parser("tasks", help="the registered tasks, their models and templates")
     sub.add_parser("info", help="the machine as the workbench sees it: CPU, GPUs, threads, versions, precision plan, folders").add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="the job store").add_subparsers(dest="jobs_cmd", required=True)
@@ -179,6 +255,31 @@ def _data_cmd(args) -> int:
         print(pd.DataFrame(rows).to_string(index=False) if rows else "nothing to upload")
     return 0
 
+# %% ../nbs/60_cli.ipynb #8dceb8cd
+def _table(df: pd.DataFrame, empty: str) -> None:
+    with pd.option_context("display.width", 250, "display.max_colwidth", 80, "display.float_format", "{:.4f}".format): print(df.to_string(index=False) if len(df) else empty)
+
+def _models_cmd(args) -> int:
+    "`finsight models list|show|promote`: the registry through the tracker's client."
+    if args.models_cmd == "list": _table(list_models(args.name_contains, args.tracking_uri), "no registered models")
+    elif args.models_cmd == "show": _table(show_model(args.name, args.tracking_uri), f"{args.name}: no versions")
+    else:
+        for n in args.names or [args.symbol]:
+            r = promote(n, args.timeframe, args.model, args.metric, args.alias, args.tracking_uri)
+            print(f"{r['name']}: {r['alias']} -> version {r['version']} (run {r['run_id']}, {args.metric}={r[args.metric]:.4f}, best of {r['candidates']})")
+    return 0
+
+def _model_cmd(args) -> int:
+    "`finsight predict`, `export` and `serve`."
+    if args.cmd == "serve": return serve_model(args.model_uri, args.host, args.port, args.workers, args.tracking_uri, args.source)
+    if args.cmd == "export":
+        r = export_uri(args.model_uri, args.formats, args.out, args.overwrite, args.symbol, args.source, args.tracking_uri)
+        _table(r.table(), ""); print(f"export: {r.out_dir}"); return 0 if r.passed else 1
+    f = predict_uri(args.model_uri, args.symbol, args.timeframe, args.source, args.every_window, args.tracking_uri)
+    if args.out: print(f"{len(f)} forecast row(s) written to {write_forecasts(f, args.out)}")
+    else: _table(f.reset_index(), "no forecasts")
+    return 0
+
 # %% ../nbs/60_cli.ipynb #325ea0bc
 def _train(args) -> dict:
     "`finsight train`: one job of the task `--task` in this process; its summary."
@@ -249,13 +350,14 @@ def _dispatch(args) -> int:
     if args.cmd == "jobs": return _jobs_cmd(args)
     if args.cmd == "data": return _data_cmd(args)
     if args.cmd == "tracking": return tracking_sync_main(args.experiments_dir, args.tracking_uri)
+    if args.cmd == "models": return _models_cmd(args)
+    if args.cmd in ("predict", "export", "serve"): return _model_cmd(args)
     return 0
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `finsight` command: any error is one line on stderr (exit 2: bad input, 1: failed, 130: Ctrl-C); `--debug` anywhere shows the traceback."
     argv = list(sys.argv[1:] if argv is None else argv); debug = "--debug" in argv
-    args = _parser().parse_args([a for a in argv if a != "--debug"])
-    try: return _dispatch(args)
+    try: return _dispatch(_parse([a for a in argv if a != "--debug"]))
     except KeyboardInterrupt as e:
         if debug: raise
         print("finsight: interrupted; a batch's unfinished jobs stay in the job store: `finsight jobs resume` finishes them", file=sys.stderr); return exit_code(e)

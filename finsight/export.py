@@ -21,13 +21,15 @@ from pydantic import BaseModel
 from fastcore.basics import patch
 from .settings import FinsightError, atomic_write, get_settings
 from .models import ModelError
+from .features import BasicFeatureEngineering
 from .training import TrainedModel
+from .serving import EXPORT_FORMAT, content_sha256, serving_problems, triton_ensemble
 
 # %% auto #0
-__all__ = ['FORMATS', 'INPUT_NAME', 'OUTPUT_NAME', 'EXPORT_FORMAT', 'REL_TOLERANCE', 'ExportError', 'ExportValidationError',
-           'parse_formats', 'parity', 'model_fingerprint', 'check_exportable', 'parity_windows', 'FormatResult',
-           'ExportResult', 'quiet_exporters', 'ExportedModel', 'load_exported', 'triton_config', 'onnx_io',
-           'check_triton_config', 'publish_folder', 'export_model', 'check_export']
+__all__ = ['FORMATS', 'INPUT_NAME', 'OUTPUT_NAME', 'REL_TOLERANCE', 'ExportError', 'ExportValidationError', 'parse_formats',
+           'parity', 'model_fingerprint', 'check_exportable', 'parity_windows', 'FormatResult', 'ExportResult',
+           'quiet_exporters', 'ExportedModel', 'load_exported', 'triton_config', 'onnx_io', 'check_triton_config',
+           'publish_folder', 'export_model', 'check_export']
 
 # %% ../nbs/41_export.ipynb #6b79d672
 class ExportError(FinsightError, ValueError):
@@ -41,7 +43,6 @@ class ExportValidationError(FinsightError, RuntimeError):
 FORMATS = ("pt", "torchscript", "torch_export", "onnx", "triton")
 _ALIASES = {"pytorch": "pt", "jit": "torchscript", "pt2": "torch_export", "export": "torch_export"}
 INPUT_NAME, OUTPUT_NAME = "past_values", "forecast"
-EXPORT_FORMAT = "finsight.export/1"
 
 # %% ../nbs/41_export.ipynb #c741f38a
 def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
@@ -87,6 +88,16 @@ def check_exportable(trained: TrainedModel, allow_untrained: bool = False) -> No
         problems.append(f"target column {cfg.target_column!r} is feature channel {cols.index(cfg.target_column)}, the model forecasts channel {ad.target_index}")
     if trained.target.kind != cfg.target_transform: problems.append(f"the target transform is {trained.target.kind!r}, the config says {cfg.target_transform!r}")
     if problems: raise ExportError("cannot export a mismatched model: " + "; ".join(problems) + ". Export the TrainedModel that training returned, with its own feature pipeline and target transform")
+
+# %% ../nbs/41_export.ipynb #11c1bbb7
+def _serving_spec(trained: TrainedModel) -> dict:
+    "What finsight.serving needs to go from raw bars to prices (export.json's SPEC_KEYS), with its verdict: `serving`."
+    c, fe = trained.config, trained.features
+    spec = {"features": fe.state(), "target": trained.target.state(), "context_length": c.context_length, "prediction_length": c.prediction_length,
+            "levels": list(trained.adapter.levels), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME}
+    why = [f"target={c.target!r}: the reader forecasts closes, not the realised variance of vol_bars"] * (c.target != "close") + serving_problems(spec)
+    if type(fe)._add_custom_features is not BasicFeatureEngineering._add_custom_features or fe.custom_warmup: why.insert(0, f"{type(fe).__name__} adds features of its own (_add_custom_features)")
+    return spec | {"serving": {"supported": not why, "why": "; ".join(why) or None}}
 
 # %% ../nbs/41_export.ipynb #f3af2a14
 def _spread(n: int, k: int) -> torch.Tensor: return torch.linspace(0, n - 1, min(n, k)).round().long().unique()
@@ -155,6 +166,12 @@ class ExportResult(BaseModel):
     created_at: str
     versions: dict[str, str] = {}
     formats: dict[str, FormatResult] = {}
+    context_length: int = 0
+    prediction_length: int = 0
+    levels: list[float] = []  # the quantile levels of the last output axis (empty: a point model)
+    features: dict = {}  # the fitted feature pipeline (BasicFeatureEngineering.state()): raw columns, indicators, means, deviations, column order, warm-up
+    serving: dict = {}  # {"supported": bool, "why": str | None}: whether finsight.serving goes from raw bars to prices with this export
+    content_sha256: str = ""  # of this file's content, itself and out_dir left out (finsight.serving.content_sha256)
 
     @property
     def passed(self) -> bool: return bool(self.formats) and all(r.passed for r in self.formats.values())
@@ -194,7 +211,8 @@ def table(self: ExportResult) -> pd.DataFrame:
 
 @patch
 def save(self: ExportResult, folder: str | Path | None = None) -> Path:
-    "Write `export.json` into `folder` (default: the export folder)."
+    "Write `export.json` into `folder` (default: the export folder), with the sha256 of its content."
+    self.content_sha256 = content_sha256(json.loads(self.model_dump_json()))
     return atomic_write(Path(folder or self.out_dir) / "export.json", self.model_dump_json(indent=1))
 
 @patch(cls_method=True)
@@ -280,6 +298,7 @@ class ExportedModel:
         self.inner = None
         if self.format == "triton":
             cfg = check_triton_config(self.path)
+            if cfg.platform not in _TRITON: raise ExportError(f"{self.path} is a Triton {cfg.platform or cfg.backend} model of raw bars: run its ONNX model ({', '.join(_TRITON)}), or serve raw bars with finsight.serving.load_export")
             self.inner = ExportedModel(self.path / "1" / _TRITON[cfg.platform][1], _TRITON[cfg.platform][2])
             self.runtime, self.config = self.inner.runtime, cfg
         else: self.runtime = _LOADERS[self.format](self.path)
@@ -362,11 +381,26 @@ def _torchscript_problems(cfg, have: dict, model_file: Path) -> list[str]:
         except RuntimeError as e: out.append(f"the model does not run on input dims {dims}: {str(e)[:200]}")
     return out
 
+# %% ../nbs/41_export.ipynb #7a292ff0
+def _check_pipeline_config(cfg, model_dir: Path):
+    "Check a Python-backend config (its model.py is there) or an ensemble (each step's model exists and has the tensors mapped)."
+    problems, made = [f"name {cfg.name!r} differs from its folder {model_dir.name!r}"] * (cfg.name != model_dir.name), set()
+    if cfg.backend == "python" and not (model_dir / "1" / "model.py").is_file(): problems.append("1/model.py is missing")
+    for s in cfg.ensemble_scheduling.step:
+        try: m = _parse_triton_config(model_dir.parent / s.model_name / "config.pbtxt")
+        except ExportValidationError: problems.append(f"step model {s.model_name!r} has no valid config.pbtxt beside it"); continue
+        problems += [f"step {s.model_name!r} has no {k}(s) {sorted(b)}" for k, keys in (("input", s.input_map), ("output", s.output_map)) if (b := set(keys) - {t.name for t in getattr(m, k)})]
+        made |= set(s.output_map.values())
+    if cfg.platform == "ensemble" and (bad := {t.name for t in cfg.output} - made): problems.append(f"ensemble output(s) {sorted(bad)} come from no step")
+    if problems: raise ExportValidationError(f"{model_dir}/config.pbtxt does not fit its repository: " + "; ".join(problems))
+    return cfg
+
 # %% ../nbs/41_export.ipynb #4af436df
 def check_triton_config(model_dir: str | Path): # a model folder of a Triton repository
     "Parse `model_dir/config.pbtxt` with Triton's schema, check it against the model file it serves; the `ModelConfig`."
     from tritonclient.grpc import model_config_pb2
     model_dir = Path(model_dir); cfg = _parse_triton_config(model_dir / "config.pbtxt")
+    if cfg.platform == "ensemble" or cfg.backend == "python": return _check_pipeline_config(cfg, model_dir)
     if cfg.platform not in _TRITON: raise ExportValidationError(f"{model_dir}/config.pbtxt: platform {cfg.platform!r} is not one this export writes ({', '.join(_TRITON)})")
     backend, fname, _ = _TRITON[cfg.platform]
     model_file, problems = model_dir / "1" / (cfg.default_model_filename or fname), []
@@ -382,9 +416,9 @@ def check_triton_config(model_dir: str | Path): # a model folder of a Triton rep
 
 # %% ../nbs/41_export.ipynb #51caaeb4
 def _write_triton(job: _Job, root: Path) -> list[Path]:
-    "A Triton model repository under `root`: the ONNX model, and the TorchScript one when `job.triton_pytorch`."
+    "A Triton repository under `root`: the ONNX model `<name>_onnx` in the ensemble `<name>` (raw bars -> prices, when finsight.serving can serve it), `<name>_libtorch` when `job.triton_pytorch`."
     c = job.trained.config; ins, out = {INPUT_NAME: [c.context_length, job.trained.adapter.n_channels]}, list(job.trained.adapter.output_shape)   # (horizon[, quantiles])
-    models = [(job.name, "onnxruntime_onnx", {OUTPUT_NAME: out}, _write_onnx, "onnx")]
+    models = [(f"{job.name}_onnx", "onnxruntime_onnx", {OUTPUT_NAME: out}, _write_onnx, "onnx")]
     if job.triton_pytorch: models.append((f"{job.name}_libtorch", "pytorch_libtorch", {f"{OUTPUT_NAME}__0": out}, _write_torchscript, "torchscript"))
     files = []
     for name, platform, outs, write, fmt in models:
@@ -394,7 +428,10 @@ def _write_triton(job: _Job, root: Path) -> list[Path]:
         shutil.copy2(src, dst) if src.is_file() else write(job, dst)
         (root / name / "config.pbtxt").write_text(triton_config(name, platform, ins, outs, job.max_batch_size, job.dynamic_batching))
         files += [root / name / "config.pbtxt", dst]
-    return files
+    if not (spec := _serving_spec(job.trained))["serving"]["supported"]: return files
+    ens = {root / k: v for k, v in triton_ensemble(job.name, spec, f"{job.name}_onnx").items()}   # the ensemble, its Python steps (finsight.serving copied beside them)
+    for p, text in (ens | {root / job.name / "1" / ".keep": ""}).items(): p.parent.mkdir(parents=True, exist_ok=True); p.write_text(text)
+    return files + list(ens)   # <name>/1/ is the ensemble's version folder: Triton wants one, empty
 
 _FILES = {"pt": "model.pt", "torchscript": "model.torchscript.pt", "torch_export": "model.pt2", "onnx": "model.onnx", "triton": "triton"}
 
@@ -402,7 +439,7 @@ _FILES = {"pt": "model.pt", "torchscript": "model.torchscript.pt", "torch_export
 def _check_files(fmt: str, folder: Path, files: list[str], ref: dict, fingerprint: str) -> tuple[float, float, str]:
     "(max abs error, max rel error, runtime) of the files of one format, loaded as their runtime loads them, against `ref`."
     x = torch.as_tensor(ref["past_values"])
-    if fmt == "triton": models = sorted({(folder / f).parent for f in files if f.endswith("config.pbtxt")})
+    if fmt == "triton": models = sorted(p for p in {(folder / f).parent for f in files if f.endswith("config.pbtxt")} if check_triton_config(p).platform in _TRITON)
     else: models = [folder / files[0]]
     errs, runtimes = [], []
     for p in models:
@@ -486,9 +523,9 @@ def _opset(folder: Path, formats: dict) -> int | None:
 
 def _meta(trained: TrainedModel, name: str, out: Path, fp: str, x: torch.Tensor, **kw) -> ExportResult:
     c, ad = trained.config, trained.adapter
-    return ExportResult(name=name, out_dir=str(out), model_type=trained.model_type, symbol=trained.symbol, timeframe=trained.timeframe,
+    return ExportResult(**_serving_spec(trained), name=name, out_dir=str(out), model_type=trained.model_type, symbol=trained.symbol, timeframe=trained.timeframe,
                         fingerprint=fp, input_shape=["batch", c.context_length, ad.n_channels], output_shape=["batch", *ad.output_shape],
-                        channels=list(trained.features.columns_), target_index=ad.target_index, target=trained.target.state(), n_windows=len(x),
+                        channels=list(trained.features.columns_), target_index=ad.target_index, n_windows=len(x),
                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=_versions(), **kw)
 
 # %% ../nbs/41_export.ipynb #dc609b20

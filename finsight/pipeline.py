@@ -15,7 +15,7 @@ from .data.loaders import get_data_loader
 from .data.validation import ValidationReport, validate_ohlcv
 from .training import TrainingOutcome, forecast_windows, plot_forecast, plot_history
 from .tracking import IExperimentTracker, MLflowArtifactHelper, MLflowExperimentTracker, TrackingError, run_environment
-from .registry import register_run_model, registered_name, save_model_dir, try_register
+from .registry import log_pyfunc_model, log_training_data, register_run_model, registered_name, save_model_dir, try_register
 
 # %% auto #0
 __all__ = ['PLOTS', 'load_bars', 'save_plots', 'save_figures', 'metrics_table', 'training_params', 'log_training_run']
@@ -65,8 +65,8 @@ def training_params(outcome: TrainingOutcome) -> dict:
     return p | outcome.result.plan | {f"features.{k}": v for k, v in fe["config"].items()} | {"features.columns": fe["columns"], "features.warmup": fe["warmup"]}
 
 # %% ../nbs/42_pipeline.ipynb #24e8890d
-def _stage_training_files(outcome: TrainingOutcome, bars, export_dir, stage: Path, plots: dict[str, Path] | None = None) -> tuple[dict, dict]:
-    "Write the JSON files, plots (copies of `plots` when given), model and export manifest of a run into `stage`; (fingerprint, environment)."
+def _stage_training_files(outcome: TrainingOutcome, bars, export_dir, stage: Path, plots: dict[str, Path] | None = None, model: bool = True) -> tuple[dict, dict]:
+    "Write the JSON files, plots (copies of `plots` when given), model folder (unless MLflow logs it) and export manifest of a run into `stage`; (fingerprint, environment)."
     m = outcome.model; fp = data_fingerprint(bars, m.symbol, m.timeframe) if bars is not None else None
     env = run_environment()
     cfg = {"symbol": m.symbol, "timeframe": m.timeframe, "model_type": m.model_type, "config": m.config.to_dict()}
@@ -75,7 +75,7 @@ def _stage_training_files(outcome: TrainingOutcome, bars, export_dir, stage: Pat
     for f, obj in files.items(): write_json(stage / f, obj)
     if plots: (stage / "plots").mkdir(); [shutil.copy2(p, stage / "plots" / Path(p).name) for p in plots.values()]
     else: save_plots(outcome, stage / "plots")
-    save_model_dir(m, stage / "model")
+    if model: save_model_dir(m, stage / "model", bars=bars)
     if export_dir is not None: write_json(stage / "exports_manifest.json", MLflowArtifactHelper.prepare_model_artifacts(export_dir))
     return fp, env
 
@@ -95,21 +95,36 @@ def log_training_run(tracker: IExperimentTracker, outcome: TrainingOutcome, # wh
                      run_id: str | None = None, # log into this open run (left open) instead of a new one
                      register: bool = True, log_history: bool = True,
                      plots: dict[str, Path] | None = None, # PNG files `save_plots` already drew, logged as they are (default: drawn here)
+                     live_epochs=(), # epochs whose losses were logged live (a job's run): only their durations are logged here
                     ) -> str:
     "Record a training run (parameters, metrics by epoch and final, data fingerprint, environment, plots, model, exports); the run id."
     if run_id is None:
-        with tracker.run(run_name or outcome.run_id, tags) as rid: _log_training(tracker, rid, outcome, bars, export_dir, extra_artifacts, None, register, log_history, plots)
+        with tracker.run(run_name or outcome.run_id, tags) as rid: _log_training(tracker, rid, outcome, bars, export_dir, extra_artifacts, None, register, log_history, plots, live_epochs)
         return rid
-    _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history, plots); return run_id
+    _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history, plots, live_epochs); return run_id
 
-def _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history, plots=None) -> None:
+def _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, tags, register, log_history, plots=None, live_epochs=()) -> None:
+    in_mlflow = isinstance(tracker, MLflowExperimentTracker) and not tracker.local_id(run_id)   # else the model is a folder among the artifacts
     with tempfile.TemporaryDirectory(prefix="finsight-run-") as t:
-        stage = Path(t); fp, env = _stage_training_files(outcome, bars, export_dir, stage, plots)
+        stage = Path(t); fp, env = _stage_training_files(outcome, bars, export_dir, stage, plots, model=not in_mlflow)
         tracker.set_tags_sync(_training_tags(outcome, fp, env) | (tags or {}), run_id)
         tracker.log_params_sync(training_params(outcome) | ({f"data.{k}": v for k, v in fp.items()} if fp else {}), run_id)
-        if log_history: tracker.log_history_sync(outcome.history, run_id=run_id)
+        if log_history:
+            live = set(live_epochs); tracker.log_history_sync([h for h in outcome.history if h["epoch"] not in live], run_id=run_id)
+            if live: tracker.log_history_sync([h for h in outcome.history if h["epoch"] in live], keys={"seconds": "epoch_seconds"}, run_id=run_id)
         tracker.log_metrics_sync(outcome.metrics.to_dict(), run_id=run_id)
         for p in sorted(stage.iterdir()): tracker.log_artifact_sync(p, None, run_id)
         if export_dir is not None: tracker.log_artifact_sync(export_dir, "exports", run_id)
         for p in extra_artifacts: tracker.log_artifact_sync(p, None, run_id)
+        if in_mlflow: _log_model_and_data(tracker, run_id, outcome.model, bars, fp, stage)
     if register: try_register(run_id, tracker)
+
+def _log_model_and_data(tracker, run_id, model, bars, fp, stage: Path) -> None:
+    "The model as the run's MLflow logged model and the bars as its input dataset; a model MLflow refuses goes in as a plain folder (warned)."
+    try: log_pyfunc_model(tracker, run_id, model, bars)
+    except Exception as e:
+        warnings.warn(f"run {run_id}: mlflow.pyfunc.log_model failed ({type(e).__name__}: {str(e)[:200]}); the model is logged as the folder model/ instead")
+        tracker.log_artifact_sync(save_model_dir(model, stage / "model", bars=bars), "model", run_id)
+    if bars is not None and fp:
+        try: log_training_data(tracker, run_id, bars, fp)
+        except Exception as e: warnings.warn(f"run {run_id}: its data set could not be logged as an MLflow input ({type(e).__name__}: {str(e)[:200]})")

@@ -6,56 +6,137 @@ Docs: https://finsight.github.io/finsight/registry.html.md"""
 
 # %% ../nbs/40a_registry.ipynb #92eb884b
 from __future__ import annotations
-import contextlib, logging, re, tempfile, warnings
+import contextlib, logging, os, re, tempfile, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .settings import redact
+import finsight
+from .settings import FinsightError, redact
 from .training import TrainedModel, predict
 from .tracking import MLflowExperimentTracker, TrackingError, _version
 
 # %% auto #0
-__all__ = ['pyfunc_model', 'pip_requirements', 'save_model_dir', 'registered_name', 'register_run_model', 'try_register',
-           'promote_best', 'load_model_by_alias']
+__all__ = ['SERVING_PARAMS', 'SERVING_REQUIREMENTS', 'bars_from_frame', 'pyfunc_model', 'pip_requirements', 'model_signature',
+           'serving_example', 'save_model_dir', 'log_pyfunc_model', 'log_training_data', 'registered_name',
+           'register_run_model', 'run_logged_model', 'try_register', 'promote_best', 'load_model_by_alias',
+           'download_model_file']
 
 # %% ../nbs/40a_registry.ipynb #23c03d98
 _PYFUNC = None
+SERVING_PARAMS = {"every_window": False, "horizon": 0, "calendar": ""}  # the pyfunc model's params: one forecast per window origin; the first k steps (0 = all); a trading calendar ("" = the symbol's)
+
+def bars_from_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    "Bars indexed by time from a frame that carries them in a `timestamp` column (as JSON requests do) or in its index."
+    if "timestamp" not in frame: return frame
+    try: ts = pd.to_datetime(frame["timestamp"], utc=True)
+    except (ValueError, TypeError) as e: raise FinsightError(f"column 'timestamp' holds values that are not times ({str(e)[:120]})") from None
+    return frame.drop(columns="timestamp").set_index(ts.rename(None))
+
+def _bad_request(e):
+    "An MLflow error with `e`'s message and the code MLflow's scoring server answers with HTTP 400."
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    return MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE)
 
 def pyfunc_model():
-    "The MLflow pyfunc wrapper of a `TrainedModel`: `predict(bars)` -> forecasts (built on first use: MLflow stays optional)."
+    "The MLflow pyfunc wrapper of a `TrainedModel`: `predict(bars)` -> forecasts with the time each is for (built on first use: MLflow stays optional)."
     global _PYFUNC
     if _PYFUNC is None:
         import mlflow.pyfunc
         class FinsightPyfunc(mlflow.pyfunc.PythonModel):
-            "A `TrainedModel` behind MLflow's pyfunc interface; params: `every_window` (bool)."
+            "A `TrainedModel` behind MLflow's pyfunc interface; params: `every_window` (bool), `calendar` (str)."
             def load_context(self, context): self.model = TrainedModel.load(context.artifacts["trained_model"])
             def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-                bars = model_input.drop(columns="timestamp").set_index(pd.to_datetime(model_input["timestamp"], utc=True)) if "timestamp" in model_input else model_input
-                return predict(self.model, bars, every_window=bool((params or {}).get("every_window", False)))
+                p = SERVING_PARAMS | (params or {}); h, n = int(p["horizon"] or 0), self.model.config.prediction_length
+                if not 0 <= h <= n: raise _bad_request(f"params horizon={h}: this model forecasts 1 to {n} bars ahead (0 = all {n})")
+                try: out = predict(self.model, bars_from_frame(model_input), every_window=bool(p["every_window"]), calendar=p["calendar"] or None)
+                except FinsightError as e: raise _bad_request(e) from None   # the scoring server answers 400 with this message
+                if h: out = out[[c for c in out if not (m := re.match(r"h(\d+)", c)) or int(m[1]) <= h]] if p["every_window"] else out.iloc[:h]
+                return out.rename_axis(out.index.name or "timestamp").reset_index()   # the time a forecast is for (or its origin) as a column: JSON keeps it
         _PYFUNC = FinsightPyfunc
     return _PYFUNC()
 
-def pip_requirements() -> list[str]:
-    "What the pyfunc model needs, pinned to the versions installed here."
-    return [f"{p}=={v}" for p in ("finsight", "torch", "transformers", "mlflow", "pandas", "numpy", "ta") if (v := _version(p))]
+SERVING_REQUIREMENTS = ("torch", "transformers", "mlflow", "pandas", "numpy", "pyarrow", "pydantic", "ta", "fastcore", "psutil", "tqdm", "exchange_calendars", "cloudpickle")
+
+def pip_requirements(with_finsight: bool = True) -> list[str]:
+    "What the pyfunc model needs, pinned to the versions installed here (`with_finsight=False`: the package travels with the model as code)."
+    return [f"{p}=={v}" for p in ("finsight",) * with_finsight + SERVING_REQUIREMENTS if (v := _version(p))]
 
 # %% ../nbs/40a_registry.ipynb #f2355547
 _MODEL_CODE = "from mlflow.models import set_model\nfrom finsight.registry import pyfunc_model\nset_model(pyfunc_model())\n"
 
-def save_model_dir(model: TrainedModel, folder: str | Path, infer_requirements: bool = False) -> Path:
-    "`folder` as an MLflow pyfunc model around `model` (only `artifacts/trained_model.pt` when MLflow is not installed)."
-    folder = Path(folder)
-    try: import mlflow.pyfunc
-    except ImportError: model.save(folder / "artifacts" / "trained_model.pt"); return folder
-    quiet = logging.getLogger("mlflow.pyfunc"); level = quiet.level; quiet.setLevel(logging.ERROR)  # "cannot infer a signature": bars in, forecasts out
+def model_signature(model: TrainedModel):
+    "Bars in (`timestamp` and the raw columns the features read), forecasts out (the columns `predict` gives), and the params schema."
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+    raw = list(dict.fromkeys(model.features.feature_columns + ["open", "high", "low", "close"] * (model.config.target == "realized_vol") + ["close"]))
+    outs = ["forecast", "last_rv" if model.config.target == "realized_vol" else "last_close"] + [f"q{a:g}" for a in model.adapter.levels]
+    return ModelSignature(Schema([ColSpec("datetime", "timestamp", required=False)] + [ColSpec("double", c) for c in raw]),   # no timestamp column: the frame's index
+                          Schema([ColSpec("datetime", "timestamp")] + [ColSpec("double", c) for c in outs]),
+                          ParamSchema([ParamSpec("every_window", "boolean", False), ParamSpec("horizon", "long", 0), ParamSpec("calendar", "string", "")]))
+
+def serving_example(model: TrainedModel, bars: pd.DataFrame | None) -> pd.DataFrame | None:
+    "The last bars one forecast needs (warm-up + context + 2), as a request carries them: `timestamp` as a column."
+    if bars is None: return None
+    cols = [c.name for c in model_signature(model).inputs.inputs][1:]
+    ex = bars[cols].iloc[-(model.features.warmup_ + model.config.context_length + 2):].astype("float64")
+    return ex.rename_axis("timestamp").reset_index().assign(timestamp=lambda d: d["timestamp"].dt.tz_localize(None) if d["timestamp"].dt.tz else d["timestamp"])
+
+@contextlib.contextmanager
+def _pyfunc_parts(model: TrainedModel, bars: pd.DataFrame | None, infer_requirements: bool = False):
+    "The keyword arguments of `mlflow.pyfunc.save_model`/`log_model` for `model`: code, weights, the package as code, signature, example, requirements."
+    quiet = logging.getLogger("mlflow"); level = quiet.level; quiet.setLevel(logging.ERROR)
     try:
         with tempfile.TemporaryDirectory() as t, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pt = model.save(Path(t) / "trained_model.pt"); (code := Path(t) / "finsight_model.py").write_text(_MODEL_CODE)
-            mlflow.pyfunc.save_model(str(folder), python_model=str(code), artifacts={"trained_model": str(pt)},
-                                     pip_requirements=None if infer_requirements else pip_requirements())
+            yield dict(python_model=str(code), artifacts={"trained_model": str(pt)}, code_paths=[str(Path(finsight.__file__).parent)],
+                       signature=model_signature(model), input_example=serving_example(model, bars),
+                       pip_requirements=None if infer_requirements else pip_requirements(with_finsight=False))
     finally: quiet.setLevel(level)
+
+def save_model_dir(model: TrainedModel, folder: str | Path, infer_requirements: bool = False, bars: pd.DataFrame | None = None) -> Path:
+    "`folder` as an MLflow pyfunc model around `model` (only `artifacts/trained_model.pt` when MLflow is not installed); `bars` give the input example."
+    folder = Path(folder)
+    try: import mlflow.pyfunc
+    except ImportError: model.save(folder / "artifacts" / "trained_model.pt"); return folder
+    with _pyfunc_parts(model, bars, infer_requirements) as kw: mlflow.pyfunc.save_model(str(folder), **kw)
     return folder
+
+# %% ../nbs/40a_registry.ipynb #501bb00e
+@contextlib.contextmanager
+def _fluent_uri(uri: str):
+    "MLflow's fluent API on `uri` for a moment; its global URI and MLFLOW_TRACKING_URI restored exactly after."
+    from mlflow.tracking._tracking_service import utils as u
+    old, env = u._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    u._tracking_uri = uri   # not set_tracking_uri: that exports MLFLOW_TRACKING_URI to every later subprocess
+    try: yield
+    finally:
+        u._tracking_uri = old
+        if env is None: os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else: os.environ["MLFLOW_TRACKING_URI"] = env
+
+def log_pyfunc_model(tracker: MLflowExperimentTracker, run_id: str, model: TrainedModel, bars: pd.DataFrame | None = None, name: str = "model") -> str:
+    "Log `model` as run `run_id`'s MLflow model (signature, input example, the package as code, pinned requirements); the logged model's id."
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
+    c = tracker.client
+    lm = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id,
+                               tags={"finsight.symbol": model.symbol, "finsight.timeframe": model.timeframe, "finsight.model_type": model.model_type})
+    with _pyfunc_parts(model, bars) as kw, _fluent_uri(tracker.tracking_uri): mlflow.pyfunc.log_model(name=name, model_id=lm.model_id, **kw)
+    c.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step=0)]); c.finalize_logged_model(lm.model_id, "READY")
+    return lm.model_id
+
+def log_training_data(tracker: MLflowExperimentTracker, run_id: str, bars: pd.DataFrame, fingerprint: dict, context: str = "training") -> None:
+    "The bars a run learnt from as its MLflow input dataset: name `<symbol>_<timeframe>`, digest the data fingerprint's hash, schema and profile."
+    import mlflow.data
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+    name = "_".join(str(fingerprint.get(k) or "") for k in ("symbol", "timeframe")).strip("_") or "bars"
+    with _fluent_uri(tracker.tracking_uri), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = mlflow.data.from_pandas(bars.rename_axis("timestamp").reset_index(), source=CodeDatasetSource({k: str(v) for k, v in fingerprint.items()}), name=name, digest=fingerprint["hash"])
+    tracker.client.log_inputs(run_id, [DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])])
 
 # %% ../nbs/40a_registry.ipynb #c3f1e360
 def registered_name(symbol: str, timeframe, model_type) -> str:
@@ -76,11 +157,21 @@ def register_run_model(run_id: str, name: str | None = None, tracker: MLflowExpe
     c, run = tracker.client, tracker.get_run(run_id)
     name = name or run["tags"].get("finsight.registered_name")
     if not name: raise TrackingError(f"run {run_id} has no finsight.registered_name tag: pass name=registered_name(symbol, timeframe, model_type)")
-    if artifact_path not in {f.path for f in c.list_artifacts(run_id)}: raise TrackingError(f"run {run_id} has no {artifact_path}/ artifact to register")
+    lm = run_logged_model(tracker, run_id, artifact_path)   # a logged model (log_pyfunc_model), else a model folder among the run's artifacts
+    if lm is None and artifact_path not in {f.path for f in c.list_artifacts(run_id)}: raise TrackingError(f"run {run_id} has no {artifact_path}/ artifact to register")
     with contextlib.suppress(Exception): c.create_registered_model(name, tags={"finsight.kind": "forecaster"})
     vtags = {k: str(v) for k, v in run["metrics"].items() if k in ("val_rel_mae", "test_rel_mae", "val_mase", "test_mase", "val_skill", "test_skill", "holdout_rel_mae", "holdout_dm_p_naive")}
-    mv = c.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=vtags, await_creation_for=0)
-    return {"name": name, "version": str(mv.version), "run_id": run_id, "source": mv.source}
+    source = lm.artifact_location if lm else f"runs:/{run_id}/{artifact_path}"   # not models:/<id>: a registry on another store than the global one cannot look that up
+    mv = c.create_model_version(name, source, run_id=run_id, tags=vtags, await_creation_for=0, model_id=lm.model_id if lm else None)
+    return {"name": name, "version": str(mv.version), "run_id": run_id, "source": mv.source, "model_id": lm.model_id if lm else None}
+
+def run_logged_model(tracker: MLflowExperimentTracker, run_id: str, name: str = "model"):
+    "The logged model called `name` that run `run_id` output (the latest step's), or None."
+    c = tracker.client; run = c.get_run(run_id)
+    for o in sorted(run.outputs.model_outputs if run.outputs else [], key=lambda o: -o.step):
+        with contextlib.suppress(Exception):
+            if (lm := c.get_logged_model(o.model_id)).name == name: return lm
+    return None
 
 def try_register(run_id: str, tracker) -> dict | None:
     "Register run `run_id`'s model when `tracker` is MLflow and the run is there (not in the local fallback); a failure is a warning, not an error."
@@ -110,6 +201,12 @@ def load_model_by_alias(name: str, alias: str = "champion", tracker: MLflowExper
     tracker = _mlflow(tracker); c = tracker.client
     try: mv = c.get_model_version_by_alias(name, alias)
     except Exception as e: raise TrackingError(f"registered model {name!r} has no alias {alias!r} ({redact(e)[:200]}); promote a version with promote_best") from None
-    path = mv.source.split(f"runs:/{mv.run_id}/", 1)[1] if mv.source.startswith("runs:/") else "model"
-    with tempfile.TemporaryDirectory() as t:
-        return TrainedModel.load(c.download_artifacts(mv.run_id, f"{path}/artifacts/trained_model.pt", t))
+    with tempfile.TemporaryDirectory() as t: return TrainedModel.load(download_model_file(tracker, mv, "artifacts/trained_model.pt", t))
+
+def download_model_file(tracker: MLflowExperimentTracker, mv, rel: str, dst: str | Path) -> str:
+    "File `rel` of the MLflow model behind model version `mv` (a logged model's folder, or a model folder among its run's artifacts), downloaded into `dst`."
+    src = mv.source
+    if src.startswith("runs:/"): return tracker.client.download_artifacts(mv.run_id, f"{src.split(f'runs:/{mv.run_id}/', 1)[-1]}/{rel}", str(dst))
+    if src.startswith("models:/m-"): src = tracker.client.get_logged_model(src.split("/")[1]).artifact_location
+    import mlflow.artifacts
+    return mlflow.artifacts.download_artifacts(artifact_uri=f"{src.rstrip('/')}/{rel}", dst_path=str(dst), tracking_uri=tracker.tracking_uri)

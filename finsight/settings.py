@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 __all__ = ['OWNER_FILE', 'FinsightError', 'ConfigError', 'secret_values', 'redact', 'describe', 'config_error', 'CheckedModel',
            'Settings', 'env_names', 'allowed_range', 'find_settings_file', 'load_settings', 'get_settings',
            'atomic_path', 'atomic_write', 'write_json', 'folder_owner_problem', 'JobOutputError', 'writing',
-           'seed_everything']
+           'parse_seconds', 'seed_everything']
 
 # %% ../nbs/00_settings.ipynb #23ff2ef9
 class FinsightError(Exception):
@@ -270,6 +270,15 @@ def writing(step: str, folder: str | Path):
         what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
         raise JobOutputError(f"{step}: cannot write in {folder} ({what}); files finished before it stay as they were (exports and checkpoints are "
                              f"published whole or not at all): free space or fix the folder's permissions, then run the job again") from e
+
+# %% ../nbs/00_settings.ipynb #3f308933
+def parse_seconds(v) -> float | None:
+    "Seconds from a number or a duration such as '90s', '30m', '2h' (None or '' stay None)."
+    if v is None or v == "": return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool): return float(v)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(v))
+    if not m: raise ValueError(f"{v!r} is not a duration: use seconds or a number with s, m or h (30m)")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
 
 # %% ../nbs/00_settings.ipynb #61557aaf
 def seed_everything(seed: int) -> None:

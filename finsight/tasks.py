@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable, ClassVar, Literal
 import pandas as pd
 from fastcore.basics import patch
-from pydantic import Field, field_validator
-from .settings import OWNER_FILE, CheckedModel, ConfigError, FinsightError, JobOutputError, folder_owner_problem, get_settings, write_json, writing
+from pydantic import Field, PrivateAttr, field_validator
+from .settings import OWNER_FILE, CheckedModel, ConfigError, FinsightError, JobOutputError, folder_owner_problem, get_settings, parse_seconds, write_json, writing
 from .data.sources import DataLoaderType, TimeFrame, check_symbol, data_fingerprint
 from .data.loaders import get_data_loader
 from .data.splits import temporal_split
@@ -24,6 +24,7 @@ from .text_models import SentimentAdapter, SentimentConfig
 from .training import ModelTrainingFacade
 from .export import ExportResult, export_model, parse_formats, publish_folder
 from .tracking import IExperimentTracker, check_tracking_uri, get_tracker
+from .job_runs import JobRun, job_run_or_new, start_job_run
 from .pipeline import PLOTS, load_bars, log_training_run, metrics_table, save_figures, save_plots
 from .registry import registered_name, save_model_dir, try_register
 from .backtest import Backtest, backtest, plot_backtest
@@ -54,6 +55,7 @@ class JobParams(CheckedModel):
     metrics_path: str = ""  # where the summary goes (set by the job service); "" = <output>/metrics.json
     torch_threads: int = Field(0, ge=0, le=1024)  # 0 = torch's default
     device: Literal["", "cpu", "cuda"] = ""  # "" = the settings' device policy
+    _run: JobRun | None = PrivateAttr(None)  # the job's tracked run, once `Task.start_run` opened it
 
     @field_validator("symbol")
     @classmethod
@@ -99,6 +101,7 @@ class Task:
     sort_by: ClassVar[tuple[tuple[str, bool], ...]] = ()  # (column, ascending): best first
     plots: ClassVar[tuple[str, ...]] = ()  # PNG files (without .png) of the job folder shown on the leaderboard page
     leaderboard_note: ClassVar[str] = ""  # what its leaderboard columns mean, for the leaderboard page
+    live_run: ClassVar[bool] = True  # `start_run` opens the job's run when the job starts (False: `record` makes the whole run at the end)
 
     def __repr__(self): return f"{type(self).__name__}({self.name!r})"
     def model_types(self) -> list[str]: raise NotImplementedError(f"{type(self).__name__} must list its model types")
@@ -194,8 +197,7 @@ def tags(self: Task, p: JobParams) -> dict:
 def record(self: Task, p: JobParams, outcome, data=None, exported=None) -> str | None:
     "Record the run (default: the parameters and the metrics); its id, None when `p.track` is off."
     if not p.track: return None
-    tracker = self.tracker(p)
-    with tracker.run(self.job_name(p), self.tags(p)) as rid:
+    with job_run_or_new(p._run, lambda: self.tracker(p), self.job_name(p), self.tags(p)) as (tracker, rid):
         tracker.log_params_sync(p.to_dict() | self.config(p).to_dict()); tracker.log_metrics_sync(self.metrics_of(outcome))
     return rid
 
@@ -215,14 +217,25 @@ def write_summary(self: Task, p: JobParams, summary: JobSummary) -> Path:
 def run(self: Task, params: JobParams | dict | None = None, callbacks: list[Callable] = (), progress: bool = True, **kw) -> JobSummary:
     "The whole job in this process (what the template runs cell by cell); its summary, also written to the job folder."
     p, t0 = self.params(params, **kw), time.perf_counter()
-    data, _ = self.load(p)   # bad data leaves no folder behind
-    with writing("creating the job folder", p.output_dir): folder = self.output_folder(p)
-    with writing("training (checkpoints)", folder): outcome = self.train(p, data, callbacks, progress)
-    with writing("saving the plots and tables", folder): self.save_outputs(p, outcome, folder)
-    with writing("exporting the model", folder): exported = self.export(p, outcome, folder)
-    with writing("recording the run", folder): summary = self.summarize(p, outcome, time.perf_counter() - t0, self.record(p, outcome, data, exported), exported, data)
+    data, _ = self.load(p)   # bad data leaves no folder behind (and no run)
+    try:
+        self.start_run(p)
+        with writing("creating the job folder", p.output_dir): folder = self.output_folder(p)
+        with writing("training (checkpoints)", folder): outcome = self.train(p, data, callbacks, progress)
+        with writing("saving the plots and tables", folder): self.save_outputs(p, outcome, folder)
+        with writing("exporting the model", folder): exported = self.export(p, outcome, folder)
+        with writing("recording the run", folder): summary = self.summarize(p, outcome, time.perf_counter() - t0, self.record(p, outcome, data, exported), exported, data)
+    except BaseException as e:
+        if p._run: p._run.end(e)   # FAILED with the error (KILLED on Ctrl-C); a finished run stays finished
+        raise
     with writing("writing the summary", folder): self.write_summary(p, summary)
     return summary
+
+@patch
+def start_run(self: Task, p: JobParams) -> JobRun | None:
+    "Open the job's tracked run now (RUNNING; a notebook cell that raises ends it FAILED): `record` logs into it and ends it. None when not tracked."
+    if p.track and self.live_run and (p._run is None or not p._run.open): p._run = start_job_run(self.tracker(p), self.job_name(p), self.tags(p)).watch_cells()
+    return p._run
 
 # %% ../nbs/45_tasks.ipynb #9d94e2e2
 TASKS: dict[str, Task] = {}
@@ -305,7 +318,7 @@ def _device(p: JobParams):
 def train(self: ForecastTask, p: ForecastParams, bars: pd.DataFrame, callbacks=(), progress: bool = True):
     "Split the bars in time and train the job's model on them (features fitted on the training part only)."
     split = temporal_split(bars, p.train_ratio, p.val_ratio)
-    facade = ModelTrainingFacade(self.output_folder(p) / "checkpoints", list(callbacks), progress, _device(p))
+    facade = ModelTrainingFacade(self.output_folder(p) / "checkpoints", list(callbacks) + ([p._run.epoch_logger()] if p._run else []), progress, _device(p))   # losses live in the job's run
     ck = facade.checkpoint_dir(self.job_name(p))   # a service job's folder is its own: checkpoints there are an earlier attempt's
     resume = ck if p.job_id and any(ck.glob("epoch_*.pt")) else None   # a retry goes on from the last good one, not from epoch 0
     return facade.train_model_sync(p.symbol, p.timeframe, p.model_type, split.train, split.val, BasicFeatureEngineering(), self.config(p),
@@ -324,8 +337,9 @@ def export(self: ForecastTask, p: ForecastParams, outcome, folder: Path) -> Expo
 def record(self: ForecastTask, p: ForecastParams, outcome, bars=None, exported: ExportResult | None = None) -> str | None:
     if not p.track: return None
     drawn = {k: f for k in PLOTS if (f := self.output_folder(p) / f"{k}.png").is_file()}   # what save_outputs drew: logged, not drawn again
-    return log_training_run(self.tracker(p), outcome, bars, exported.out_dir if exported else None, tags=self.tags(p) | {"finsight.data_source": p.data_source or get_settings().data_loader_type},
-                            run_name=self.job_name(p), plots=drawn or None)
+    with job_run_or_new(p._run, lambda: self.tracker(p), self.job_name(p)) as (tracker, rid):
+        return log_training_run(tracker, outcome, bars, exported.out_dir if exported else None, tags=self.tags(p) | {"finsight.data_source": p.data_source or get_settings().data_loader_type},
+                                run_id=rid, plots=drawn or None, live_epochs=p._run.live_epochs if p._run else ())
 
 @patch
 def summarize(self: ForecastTask, p: ForecastParams, outcome, seconds: float, run_id=None, exported: ExportResult | None = None, bars=None) -> JobSummary:
@@ -411,10 +425,10 @@ def save_outputs(self: BacktestTask, p: BacktestParams, outcome: Backtest, folde
 def record(self: BacktestTask, p: BacktestParams, outcome: Backtest, bars=None, exported=None) -> str | None:
     "One parent run (parameters, metrics, forecasts, report, plots) and a child run per fold."
     if not p.track: return None
-    tracker, folder, m = self.tracker(p), self.output_folder(p), outcome.metrics()
+    folder, m = self.output_folder(p), outcome.metrics()
     tags = self.tags(p) | {"finsight.kind": "backtest", "finsight.symbol": p.symbol, "finsight.timeframe": p.timeframe, "finsight.model_type": p.model_type,
                            "finsight.best_baseline": m["best_baseline"]} | ({"finsight.data_hash": data_fingerprint(bars, p.symbol, p.timeframe)["hash"]} if bars is not None else {})
-    with tracker.run(self.job_name(p), tags) as rid:
+    with job_run_or_new(p._run, lambda: self.tracker(p), self.job_name(p), tags) as (tracker, rid):
         tracker.log_params_sync(p.to_dict() | self.config(p).to_dict() | {"season": outcome.info.get("season")})
         tracker.log_metrics_sync({k: v for k, v in self.metrics_of(outcome).items() if isinstance(v, (int, float))})
         for f in sorted(folder.glob("backtest*")) + sorted(folder.glob("prob_*.png")) + sorted(folder.glob("vol_*.png")) + [folder / "forecasts.parquet"]: tracker.log_artifact_sync(f, None, rid)
@@ -432,14 +446,6 @@ def export(self: BacktestTask, p: BacktestParams, outcome: Backtest, folder: Pat
 register_task(BacktestTask)
 
 # %% ../nbs/45_tasks.ipynb #800d298c
-def _seconds(v) -> float | None:
-    "Seconds from a number or a duration such as '90s', '30m', '2h'."
-    if v is None or v == "": return None
-    if isinstance(v, (int, float)) and not isinstance(v, bool): return float(v)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(v))
-    if not m: raise ValueError(f"{v!r} is not a duration: use seconds or a number with s, m or h (30m)")
-    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
-
 class TuneParams(BacktestParams):
     "Parameters of one search (the `parameters` cell of `nbs/templates/tune.ipynb`)."
     folds: int = Field(4, ge=1, le=500)  # walk-forward folds of each trial's backtest
@@ -453,7 +459,7 @@ class TuneParams(BacktestParams):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, v):
-        s = _seconds(v)
+        s = parse_seconds(v)
         if s is not None and s <= 0: raise ValueError(f"{v!r} must be a positive duration")
         return s
 
@@ -495,11 +501,11 @@ def save_outputs(self: TuneTask, p: TuneParams, outcome: TuneResult, folder: Pat
 def record(self: TuneTask, p: TuneParams, outcome: TuneResult, bars=None, exported=None) -> str | None:
     "One parent run for the study (best configuration, held-out metrics, trials table, plots, the winner's model, registered) and a child run per trial."
     if not p.track: return None
-    tracker, folder, m = self.tracker(p), self.output_folder(p), outcome.metrics()
+    folder, m = self.output_folder(p), outcome.metrics()
     tags = self.tags(p) | {"finsight.kind": "tune", "finsight.symbol": p.symbol, "finsight.timeframe": p.timeframe, "finsight.model_type": p.model_type,
                            "finsight.study": outcome.info["study_name"], "finsight.study_storage": outcome.info["storage"],
                            "finsight.registered_name": registered_name(p.symbol, p.timeframe, p.model_type)}
-    with tracker.run(self.job_name(p), tags) as rid:
+    with job_run_or_new(p._run, lambda: self.tracker(p), self.job_name(p), tags) as (tracker, rid):
         tracker.log_params_sync({k: v for k, v in p.to_dict().items() if k != "space"} | {f"best.{k}": v for k, v in outcome.study.best_params.items()}
                                 | {"space": json.dumps({k: repr(d) for k, d in outcome.study.user_attrs["signature"]["space"].items()})})
         tracker.log_metrics_sync(m)
@@ -540,6 +546,7 @@ def _project_path(path: str) -> str:
 class SentimentTask(Task):
     "Fine-tune a sentiment classifier on labelled texts; metrics beside the majority class, confusion matrices, an ONNX/Triton export, an MLflow run."
     name, params_model, config_model, template = "sentiment", SentimentParams, SentimentConfig, "train_sentiment.ipynb"
+    live_run = False  # log_sentiment_run makes its whole run at the end
     leaderboard_columns = ("val_accuracy", "val_majority_accuracy", "val_macro_f1", "val_majority_macro_f1", "test_accuracy",
                            "test_majority_accuracy", "test_macro_f1", "test_majority_macro_f1", "epochs")
     sort_by, plots = (("val_macro_f1", False),), ("training_curve", "confusion_test")

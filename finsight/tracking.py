@@ -344,13 +344,22 @@ class MLflowExperimentTracker(IExperimentTracker):
     def __repr__(self): return f"MLflowExperimentTracker({redact(self.tracking_uri)!r}, experiment={self.experiment_name!r})"
 
 # %% ../nbs/40_tracking.ipynb #93b9c7b3
+@contextlib.contextmanager
+def _quiet_logs(*names: str, level: int = logging.WARNING):
+    "The loggers `names` at `level` or above for the block."
+    loggers = [logging.getLogger(n) for n in names]; old = [l.level for l in loggers]
+    for l in loggers: l.setLevel(max(level, l.level))
+    try: yield
+    finally:
+        for l, o in zip(loggers, old): l.setLevel(o)
+
 @patch(as_prop=True)
 def client(self: MLflowExperimentTracker):
     "The `MlflowClient` of this tracker (a new sqlite store is created under a file lock)."
     with self._lock:
         if self._client is None:
             from mlflow import MlflowClient
-            with _store_lock(self.tracking_uri):
+            with _store_lock(self.tracking_uri), _quiet_logs("mlflow.store.db.utils", "alembic"):   # "Creating initial MLflow database tables": not the job's news
                 c = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
                 if self.tracking_uri.startswith("sqlite:"): c.search_experiments(max_results=1); c.search_registered_models(max_results=1)
             self._client = c

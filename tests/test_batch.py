@@ -52,6 +52,8 @@ def test_failed_job_gives_nonzero_exit_listing_it_and_keeps_its_notebook(tmp_pat
     assert "FAILED SP500_1d_dlinear" in out.stderr and "target column 'vwap' is not among the features" in out.stderr
     nb = next((tmp_path / "runs").glob("batch-*/SP500_1d_dlinear_*.ipynb"))
     assert any(o.get("output_type") == "error" for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", []))
+    [run] = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").search_runs(["1"])   # the crashed job is in MLflow, with its error
+    assert run.info.status == "FAILED" and "target column 'vwap' is not among the features" in run.data.tags["finsight.error"]
 
 
 @pytest.mark.parametrize("args,says", [(["--symbols", "../../x"], "not a plain name"), (["--symbols", "NOPE"], "unknown symbol 'NOPE'"),

@@ -60,6 +60,9 @@ def test_every_format_passes_and_metadata_says_so(exported):
     assert (meta["input_name"], meta["output_name"], meta["input_shape"], meta["output_shape"]) == ("past_values", "forecast", ["batch", 32, 16], ["batch", 3])
     assert isinstance(meta["opset"], int) and meta["opset"] >= 18 and meta["tolerance"] == 1e-4 and meta["n_windows"] == 128
     assert meta["channels"][meta["target_index"]] == "close" and meta["target"]["kind"] == "log_return"
+    assert meta["format_version"] == "finsight.export/2" and meta["serving"] == {"supported": True, "why": None}   # what a client needs from raw bars
+    assert (meta["context_length"], meta["prediction_length"], meta["levels"], meta["features"]["columns"]) == (32, 3, [], meta["channels"])
+    assert meta["features"]["mean"].keys() == meta["features"]["std"].keys() == set(meta["channels"]) and meta["features"]["warmup"] == 33
     for f, r in meta["formats"].items():
         assert r["passed"] and r["error"] is None and r["seconds"] > 0 and r["runtime"]
         assert r["size_bytes"] == sum((res.folder / p).stat().st_size for p in r["files"]) > 0 and set(r["sha256"]) == set(r["files"])
@@ -100,12 +103,13 @@ def test_triton_configs_parse_with_tritons_schema_and_fit_the_models(exported):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
     tm, res = exported
-    repo = res.path("triton")
-    assert sorted(p.name for p in repo.iterdir()) == [res.name, f"{res.name}_libtorch"]
-    onnx_cfg = text_format.Parse((repo / res.name / "config.pbtxt").read_text(), mc.ModelConfig())
-    assert (onnx_cfg.name, onnx_cfg.platform, onnx_cfg.backend, onnx_cfg.max_batch_size) == (res.name, "onnxruntime_onnx", "onnxruntime", 256)
+    repo, n = res.path("triton"), res.name
+    assert sorted(p.name for p in repo.iterdir()) == [n, f"{n}_libtorch", f"{n}_onnx", f"{n}_postprocess", f"{n}_preprocess"]
+    for d in repo.iterdir(): text_format.Parse((d / "config.pbtxt").read_text(), mc.ModelConfig())   # every config, the ensemble's and the Python backend's included
+    onnx_cfg = text_format.Parse((repo / f"{n}_onnx" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert (onnx_cfg.name, onnx_cfg.platform, onnx_cfg.backend, onnx_cfg.max_batch_size) == (f"{n}_onnx", "onnxruntime_onnx", "onnxruntime", 256)
     assert onnx_cfg.HasField("dynamic_batching")
-    ins, outs = onnx_io(repo / res.name / "1" / "model.onnx")
+    ins, outs = onnx_io(repo / f"{n}_onnx" / "1" / "model.onnx")
     for cfg_io, graph_io in ((onnx_cfg.input, ins), (onnx_cfg.output, outs)):
         assert {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in cfg_io} == {k: (dt, d[1:]) for k, (dt, d) in graph_io.items()}
     pt_cfg = text_format.Parse((repo / f"{res.name}_libtorch" / "config.pbtxt").read_text(), mc.ModelConfig())
@@ -113,25 +117,25 @@ def test_triton_configs_parse_with_tritons_schema_and_fit_the_models(exported):
     ts = torch.jit.load(str(repo / f"{res.name}_libtorch" / "1" / "model.pt"))
     assert [a.name for a in ts.forward.schema.arguments[1:]] == ["past_values"]  # the backend binds the input by forward argument name
     assert list(ts(_windows(tm, 7)).shape) == [7, *pt_cfg.output[0].dims]
-    for d in repo.iterdir():
-        check_triton_config(d)
+    for d in repo.iterdir(): check_triton_config(d)
+    for d in (repo / f"{n}_onnx", repo / f"{n}_libtorch"):
         assert parity(tm.adapter.predict(_windows(tm, 7)), load_exported(d, "triton")(_windows(tm, 7)))[1] <= 1e-4
 
 
 def test_triton_check_refuses_configs_that_do_not_fit(exported, tmp_path):
     _, res = exported
     repo = shutil.copytree(res.path("triton"), tmp_path / "triton")
-    cfg = repo / res.name / "config.pbtxt"
+    cfg = repo / f"{res.name}_onnx" / "config.pbtxt"
     good = cfg.read_text()
     for bad, says in [(good.replace('name: "past_values"', 'name: "x"'), "input names ['x'] differ from the ONNX graph's ['past_values']"),
                       (good.replace("TYPE_FP32", "TYPE_FP16", 1), "input 'past_values' is TYPE_FP16, the ONNX graph has TYPE_FP32"),
                       (good.replace("dims: [ 32, 16 ]", "dims: [ 64, 16 ]"), "has dims [64, 16], the ONNX graph [-1, 32, 16]"),
                       (good.replace("max_batch_size: 256", "max_batch_size: 0"), "max_batch_size=0"),
-                      (good.replace(f'name: "{res.name}"', 'name: "other"'), "differs from its folder"),
+                      (good.replace(f'name: "{res.name}_onnx"', 'name: "other"'), "differs from its folder"),
                       (good.replace('backend: "onnxruntime"', 'backend: "pytorch"'), "does not serve platform"),
                       (good + "\nbogus_field: 1\n", "not a valid Triton model configuration")]:
         cfg.write_text(bad)
-        with pytest.raises(ExportValidationError, match=None) as e: check_triton_config(repo / res.name)
+        with pytest.raises(ExportValidationError, match=None) as e: check_triton_config(cfg.parent)
         assert says in str(e.value), str(e.value)
     pt = repo / f"{res.name}_libtorch" / "config.pbtxt"
     pt.write_text(pt.read_text().replace('name: "past_values"', 'name: "values"'))
@@ -140,8 +144,8 @@ def test_triton_check_refuses_configs_that_do_not_fit(exported, tmp_path):
 
 def test_triton_only_without_pytorch_backend(models, tmp_path):
     res = export_model(models["patchtsmixer"], ["triton"], tmp_path / "t", name="mixer", triton_pytorch=False, max_batch_size=64)
-    assert res.passed and list(res.formats) == ["triton"] and sorted(p.name for p in (tmp_path / "t" / "triton").iterdir()) == ["mixer"]
-    assert not (tmp_path / "t" / "model.onnx").exists() and check_triton_config(tmp_path / "t" / "triton" / "mixer").max_batch_size == 64
+    assert res.passed and list(res.formats) == ["triton"] and sorted(p.name for p in (tmp_path / "t" / "triton").iterdir()) == ["mixer", "mixer_onnx", "mixer_postprocess", "mixer_preprocess"]
+    assert not (tmp_path / "t" / "model.onnx").exists() and check_triton_config(tmp_path / "t" / "triton" / "mixer_onnx").max_batch_size == 64
     assert res.opset is not None
 
 
@@ -295,4 +299,5 @@ def test_a_quantile_model_exports_every_quantile(bars, tmp_path, model_type, hea
     want = tm.adapter.predict(x)
     assert y.shape == (7, 3, 3) and (np.diff(y, axis=-1) >= 0).all()
     for j in range(3): assert parity(want[..., j], y[..., j])[1] <= 1e-4          # each quantile on its own
-    assert list(check_triton_config(res.folder / "triton" / res.name).output[0].dims) == [3, 3]
+    assert list(check_triton_config(res.folder / "triton" / f"{res.name}_onnx").output[0].dims) == [3, 3]
+    assert res.levels == [0.1, 0.5, 0.9] and res.serving["supported"]

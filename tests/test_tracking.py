@@ -137,16 +137,27 @@ def test_training_run_is_recorded(kind, server, tmp_path, template_db, result, e
     # artifacts: plots, config, features with the fitted scaler, model, exports
     arts = set(tracker.list_artifacts(rid))
     assert {"config.json", "features.json", "metrics.json", "history.json", "environment.json", "data.json", "target.json", "notes.md",
-            "plots/training_curve.png", "plots/forecast_val.png", "plots/forecast_test.png", "model/MLmodel", "model/requirements.txt",
-            "model/artifacts/trained_model.pt", "exports/model.pt", "exports/onnx/model.onnx", "exports/export.json", "exports_manifest.json"} <= arts, arts
+            "plots/training_curve.png", "plots/forecast_val.png", "plots/forecast_test.png",
+            "exports/model.pt", "exports/onnx/model.onnx", "exports/export.json", "exports_manifest.json"} <= arts, arts
+    model_files = {"MLmodel", "requirements.txt", "artifacts/trained_model.pt", "code/finsight/training.py", "input_example.json"}
+    if kind == "json": assert {f"model/{f}" for f in model_files - {"input_example.json"}} <= arts   # a folder among the artifacts
+    else:   # MLflow: the run's logged model (mlflow.pyfunc.log_model), and the bars as its input dataset
+        [out] = tracker.client.get_run(rid).outputs.model_outputs
+        lm = tracker.client.get_logged_model(out.model_id)
+        assert lm.name == "model" and lm.source_run_id == rid and lm.status.to_proto() == 2   # READY
+        import mlflow.artifacts
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=lm.artifact_location, dst_path=str(tmp_path / "lm"), tracking_uri=tracker.tracking_uri))
+        assert all((local / f).is_file() for f in model_files), sorted(p.relative_to(local).as_posix() for p in local.rglob("*"))[:20]
+        [ds] = tracker.client.get_run(rid).inputs.dataset_inputs
+        assert (ds.dataset.name, ds.dataset.digest, ds.tags[0].value) == ("SP500_1d", fp["hash"], "training")
     assert _read_artifact(tracker, rid, "plots/forecast_test.png")[:8] == b"\x89PNG\r\n\x1a\n"
     feats = json.loads(_read_artifact(tracker, rid, "features.json"))
     assert feats["mean"] == result.model.features.state()["mean"] and feats["std"] == result.model.features.state()["std"] and feats["config"] == result.model.features.state()["config"]
     assert json.loads(_read_artifact(tracker, rid, "config.json"))["config"] == result.config.to_dict()
     manifest = json.loads(_read_artifact(tracker, rid, "exports_manifest.json"))
     assert manifest["manifest"] == {"formats": ["pt", "onnx"]} and "onnx" in manifest["formats"] and len(manifest["files"]) == 3
-    reqs = _read_artifact(tracker, rid, "model/requirements.txt").decode()
-    assert "torch==" in reqs and "finsight==" in reqs   # explicit requirements, nothing inferred
+    reqs = (local / "requirements.txt").read_text() if kind != "json" else _read_artifact(tracker, rid, "model/requirements.txt").decode()
+    assert "torch==" in reqs and "finsight" not in reqs   # explicit requirements, nothing inferred; the package travels as code/
     if kind != "json":  # registered as a new version of the symbol's model
         versions = tracker.client.search_model_versions("name = 'finsight-SP500-1d-dlinear'")
         assert rid in {v.run_id for v in versions}
@@ -208,8 +219,12 @@ def test_registry_promotes_best_val_rel_mae_and_loads_by_alias(server, tmp_path,
     assert np.array_equal(predict(model, sp, every_window=True).to_numpy(), predict(original, sp, every_window=True).to_numpy())
     # the same model through MLflow's own pyfunc loader, from a frame with a timestamp column (as a REST call sends it)
     import mlflow.pyfunc
-    pf = mlflow.pyfunc.load_model(tracker.client.download_artifacts(ids[best_key], "model", str(tmp_path / "pf")))
-    assert np.array_equal(pf.predict(sp.reset_index()).to_numpy(), predict(original, sp).to_numpy())
+    from finsight.registry import _fluent_uri
+    with _fluent_uri(tracker.tracking_uri): pf = mlflow.pyfunc.load_model(f"models:/{name}@champion")   # as MLflow users load it
+    request = sp.reset_index().assign(timestamp=lambda d: d.timestamp.dt.tz_localize(None))   # naive UTC times: MLflow's datetime type refuses zoned ones
+    assert np.array_equal(pf.predict(request).drop(columns="timestamp").to_numpy(), predict(original, sp).to_numpy())
+    assert np.array_equal(pf.predict(request, params={"every_window": True}).drop(columns="origin").to_numpy(), predict(original, sp, every_window=True).to_numpy())
+    assert [c.name for c in pf.metadata.get_params_schema().params] == ["every_window", "horizon", "calendar"]
     # skill: higher is better, a second alias
     by_skill = promote_best("REGTEST", "1d", "dlinear", metric="val_skill", alias="skilled", tracker=tracker)
     assert by_skill["val_skill"] == max(r.metrics.val.skill for r in (good, bad))
@@ -363,6 +378,29 @@ def test_two_jobs_in_one_process(tmp_path, template_db):
     assert not errors and len(set(out.values())) == 2
     ml = MLflowExperimentTracker(runs_dir=runs, fallback=False)
     assert all([s for s, _ in ml.metric_history(r, "loss")] == list(range(15)) and ml.get_run(r)["run_name"] == n for n, r in out.items())
+
+
+def test_a_job_run_is_live_while_it_trains_and_failed_when_it_raises(tmp_path, template_db):
+    """`Task.run` opens the job's MLflow run before training: RUNNING, each epoch's losses there while the next epoch trains;
+    the same run gets the record and ends FINISHED. A job that raises leaves a FAILED run with its error."""
+    from mlflow import MlflowClient
+    from finsight.tasks import get_task
+    uri = f"sqlite:///{_store_from(template_db, tmp_path / 'store') / 'mlflow.db'}"; client = MlflowClient(uri)
+    seen = []
+    def peek(u):   # a callback before the job's own epoch logger: what MLflow shows while epoch u.current_epoch + 1 is still to come
+        [r] = client.search_runs([client.get_experiment_by_name("live").experiment_id])
+        seen.append((r.info.status, [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]))
+    task = get_task("forecast")
+    s = task.run(dict(symbol="SP500", model_type="dlinear", config={"context_length": 32, "num_epochs": 3, "early_stopping_patience": 10},
+                      export_formats=[], tracking_uri=uri, experiment_name="live"), callbacks=[peek], progress=False)
+    assert seen == [("RUNNING", []), ("RUNNING", [1]), ("RUNNING", [1, 2])]
+    run = client.get_run(s.mlflow_run_id)
+    assert run.info.status == "FINISHED" and [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]   # each epoch once
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")] == [1, 2, 3] and len(run.outputs.model_outputs) == 1
+    with pytest.raises(Exception, match="target column 'vwap' is not among the features"):   # raised in training, after the run started
+        task.run(dict(symbol="SP500", model_type="dlinear", config={"target_column": "vwap", "num_epochs": 1}, export_formats=[], tracking_uri=uri, experiment_name="live"), progress=False)
+    failed = [r for r in client.search_runs([client.get_experiment_by_name("live").experiment_id]) if r.info.run_id != run.info.run_id]
+    assert [r.info.status for r in failed] == ["FAILED"] and "target column 'vwap' is not among the features" in failed[0].data.tags["finsight.error"]
 
 
 # ---------------------------------------------------------------------------------------------------------- secrets
