@@ -152,6 +152,8 @@ class Settings(BaseModel):
     data_loader_type: Literal["local", "cloud", "hybrid"] = Field("local", json_schema_extra={"env": "FINSIGHT_DATA_LOADER"})
     data_root: str = Field("data", json_schema_extra={"env": "FINSIGHT_DATA_ROOT"})
     runs_dir: str = Field("runs", json_schema_extra={"env": "FINSIGHT_RUNS_DIR"})
+    calendars: str = Field("", pattern=r"^\s*([^=,\s]+\s*=\s*[^=,\s]+\s*(,\s*|$))*$", json_schema_extra={"env": "FINSIGHT_CALENDARS", "accepts": "SYMBOL=CALENDAR pairs separated by commas, such as 'VOD=XLON, 7203=XTKS'"})   # SYMBOL=CALENDAR, ...: the exchanges symbols trade on (finsight.data.calendars)
+    default_calendar: str = Field("XNYS", min_length=1, json_schema_extra={"env": "FINSIGHT_DEFAULT_CALENDAR"})   # the calendar of symbols nothing else names
     root: str = Field(".", json_schema_extra={"env": "FINSIGHT_ROOT"})
 
     def path(self, name: str) -> Path:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 import pandas as pd
-from ..settings import FinsightError
+from ..settings import FinsightError, get_settings
 
 # %% auto #0
-__all__ = ['DEFAULT_CALENDAR', 'SYMBOL_CALENDARS', 'CalendarError', 'check_calendar', 'set_calendar', 'symbol_calendar',
-           'next_bar_times']
+__all__ = ['DEFAULT_CALENDAR', 'SYMBOL_CALENDARS', 'CalendarError', 'check_calendar', 'set_calendar', 'settings_calendars',
+           'symbol_calendar', 'next_bar_times']
 
 # %% ../../nbs/03a_data.calendars.ipynb #70335f3e
 class CalendarError(FinsightError, ValueError):
@@ -34,9 +34,19 @@ def set_calendar(symbol: str, name: str) -> None:
     "Trade `symbol` on the calendar `name` from now on (in this process)."
     SYMBOL_CALENDARS[symbol] = check_calendar(name)
 
+def settings_calendars() -> dict[str, str]:
+    "The `calendars` setting (`SYMBOL=CALENDAR, ...` in settings.ini or FINSIGHT_CALENDARS) as a dict, every name checked."
+    out = dict(kv.split("=", 1) for kv in re.split(r"\s*,\s*", get_settings().calendars.strip()) if kv)
+    out = {k.strip(): v.strip() for k, v in out.items()}
+    for k, v in out.items():
+        try: check_calendar(v)
+        except CalendarError as e: raise CalendarError(f"setting calendars: {k}={v}: {e}") from None
+    return out
+
 def symbol_calendar(symbol: str) -> str:
-    "The calendar `symbol` trades on: set, bundled, 24/7 for crypto pairs, else `DEFAULT_CALENDAR`."
-    return SYMBOL_CALENDARS.get(symbol) or ("24/7" if _CRYPTO.search(symbol or "") else DEFAULT_CALENDAR)
+    "The calendar `symbol` trades on: set in this process, bundled, the `calendars` setting, 24/7 for crypto pairs, else the `default_calendar` setting."
+    if c := SYMBOL_CALENDARS.get(symbol) or settings_calendars().get(symbol): return c
+    return "24/7" if _CRYPTO.search(symbol or "") else check_calendar(get_settings().default_calendar)
 
 # %% ../../nbs/03a_data.calendars.ipynb #65bd623d
 @lru_cache(maxsize=32)
