@@ -36,7 +36,7 @@ from .metrics import ForecastMetrics, compare_to_naive, naive_forecast, naive_sc
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'TrainingError', 'CheckpointError', 'TrainingJobStatus', 'TrainingProgressUpdate', 'precision_plan',
            'FastDropout', 'NarrowSoftmax', 'cpu_fast_paths', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
-           'TrainState', 'make_optimizer', 'fit', 'forecast_windows', 'evaluate', 'TrainedModel', 'predict',
+           'TrainState', 'LocalRun', 'make_optimizer', 'fit', 'forecast_windows', 'evaluate', 'TrainedModel', 'predict',
            'ModelCache', 'plot_history', 'plot_forecast', 'prepare_windows', 'TrainingMetrics', 'TrainingOutcome',
            'ModelTrainingFacade', 'train_adapter']
 
@@ -197,30 +197,44 @@ def _to(x, device):
 
 def _forward(module, x): return module(**x) if isinstance(x, dict) else module(x)
 
-def _val_loss(module, ds, device, autocast, batch_size: int, loss_fn: Callable = F.mse_loss) -> float | None:
+class LocalRun:
+    "How `fit` shares out its work: one process does it all (`finsight.distributed.DDPRun` spreads each batch over the ranks of a process group)."
+    rank, world_size, is_main = 0, 1, True
+    def wrap(self, module: nn.Module) -> nn.Module: return module   # what the training steps call
+    def accumulating(self): return nullcontext()   # around a step that only accumulates gradients
+    def train_batches(self, ds, batch_size: int, generator: torch.Generator):
+        "(inputs, targets, loss weight, windows counted) of this process's part of each shuffled batch."
+        for x, y in ds.batches(batch_size, shuffle=True, generator=generator): yield x, y, 1.0, len(y)
+    def val_batches(self, ds, batch_size: int): return ds.batches(batch_size)
+    def total(self, *xs) -> list[float]: return [float(x) for x in xs]   # summed over the processes
+
+def _val_loss(module, ds, device, autocast, batch_size: int, loss_fn: Callable = F.mse_loss, par: LocalRun | None = None) -> float | None:
     "Mean loss over every sample of `ds` (None without a dataset)."
     if ds is None: return None
-    module.eval(); tot, n = 0.0, 0
+    par = par or LocalRun(); module.eval(); tot, n = 0.0, 0
     with torch.no_grad():
-        for x, y in ds.batches(max(batch_size, 256)):
+        for x, y in par.val_batches(ds, max(batch_size, 256)):
             with autocast(): p = _forward(module, _to(x, device))
             tot += loss_fn(p.float(), y.to(device)).item() * len(y); n += len(y)
+    tot, n = par.total(tot, n)
     return tot / n
 
-def _epoch(module, ds, opt, scaler, autocast, cfg, device, gen, loss_fn=F.mse_loss) -> tuple[float, int]:
-    "One pass over `ds`; (mean training loss, optimizer steps)."
-    module.train(); tot, n, steps, acc = torch.zeros((), device=device), 0, 0, cfg.gradient_accumulation_steps
+def _epoch(module, ds, opt, scaler, autocast, cfg, device, gen, loss_fn=F.mse_loss, par: LocalRun | None = None) -> tuple[float, int]:
+    "One pass over `ds` (this process's part of each batch under `par`); (mean training loss over all processes, optimizer steps)."
+    par = par or LocalRun(); module.train(); tot, n, steps, acc = torch.zeros((), device=device), 0, 0, cfg.gradient_accumulation_steps
     nb, params = (len(ds) + cfg.batch_size - 1) // cfg.batch_size, [p for p in module.parameters() if p.requires_grad]
-    for i, (x, y) in enumerate(ds.batches(cfg.batch_size, shuffle=True, generator=gen)):
-        x, y = _to(x, device), y.to(device, non_blocking=True)
-        with autocast(): p = _forward(module, x)
-        loss = loss_fn(p.float(), y)
-        scaler.scale(loss / acc).backward()   # a disabled scaler passes everything through
-        if (i + 1) % acc == 0 or i + 1 == nb:
+    for i, (x, y, w, k) in enumerate(par.train_batches(ds, cfg.batch_size, gen)):
+        x, y, step = _to(x, device), y.to(device, non_blocking=True), (i + 1) % acc == 0 or i + 1 == nb
+        with nullcontext() if step else par.accumulating():
+            with autocast(): p = _forward(module, x)
+            loss = loss_fn(p.float(), y)
+            scaler.scale(loss * w / acc).backward()   # a disabled scaler passes everything through; w: this process's share of the batch
+        if step:
             if cfg.gradient_clip_norm: scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip_norm)
             scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True); steps += 1
-        tot += loss.detach() * len(y); n += len(y)   # stays on the device: no synchronisation per step
-    return float(tot) / max(n, 1), steps
+        tot += loss.detach() * k; n += k   # stays on the device: no synchronisation per step
+    tot, n = par.total(tot, n)
+    return tot / max(n, 1), steps
 
 # %% ../nbs/31_training.ipynb #8321e4e3
 def make_optimizer(module: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
@@ -257,9 +271,13 @@ def fit(adapter: ModelAdapter, train, val=None, # window (or text) datasets
         callbacks: list[Callable[[TrainingProgressUpdate], None]] = (), # called after each epoch
         checkpoint_dir: str | Path | None = None, # write a checkpoint each epoch here
         resume_from: str | Path | None = None, # checkpoint file or folder to continue from
-        job_id: str = "local", progress: bool = True, device: torch.device | None = None, keep: int = 3) -> TrainResult:
+        job_id: str = "local", progress: bool = True, device: torch.device | None = None, keep: int = 3,
+        parallel: LocalRun | None = None, # `finsight.distributed.DDPRun()` in a torch.distributed process group: each rank trains on its part of every batch
+       ) -> TrainResult:
     "Train `adapter.module` on `train`, early-stopping on `val`; the best weights are restored at the end."
-    cfg, device = adapter.config, resolve_device(device)
+    cfg, device, par = adapter.config, resolve_device(device), parallel or LocalRun()
+    if parallel is None and torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise TrainingError(f"a process group of {torch.distributed.get_world_size()} ranks is running, yet fit got no `parallel`: pass parallel=finsight.distributed.DDPRun() (else every rank trains alone on all windows and writes the same checkpoints)")
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed % 2**32); random.seed(cfg.seed)
     module, loss_fn = adapter.module.to(device), adapter.loss or F.mse_loss
     opt = make_optimizer(module, cfg, device)
@@ -268,24 +286,25 @@ def fit(adapter: ModelAdapter, train, val=None, # window (or text) datasets
     autocast, scaler = plan.autocast(), plan.grad_scaler()
     st = TrainState()
     if resume_from is not None: st = _resume(resume_from, adapter, opt, sched, scaler)
-    elif checkpoint_dir and any(Path(checkpoint_dir).glob("epoch_*.pt")): _set_aside(Path(checkpoint_dir))
+    elif checkpoint_dir and par.is_main and any(Path(checkpoint_dir).glob("epoch_*.pt")): _set_aside(Path(checkpoint_dir))
     step_fn, cpu_eager = (torch.compile(module) if plan.compile else module), device.type == "cpu" and not plan.compile
+    train_fn = par.wrap(step_fn)   # DistributedDataParallel under `DDPRun`
     t0, first = time.perf_counter(), st.epoch
-    bar = tqdm(total=cfg.num_epochs, initial=st.epoch, desc=f"{adapter.name} {job_id}", disable=not progress, leave=True)
+    bar = tqdm(total=cfg.num_epochs, initial=st.epoch, desc=f"{adapter.name} {job_id}", disable=not (progress and par.is_main), leave=True)
     stopped = st.bad_epochs >= cfg.early_stopping_patience   # a resumed run whose epochs are all done trains no more
     with cpu_fast_paths(module, dropout=plan.fast_dropout, softmax=cpu_eager):
         for epoch in range(st.epoch + 1, cfg.num_epochs + 1):
             te = time.perf_counter()
-            loss, steps = _epoch(step_fn, train, opt, scaler, autocast, cfg, device, torch.Generator().manual_seed(cfg.seed * 1000 + epoch), loss_fn)
+            loss, steps = _epoch(train_fn, train, opt, scaler, autocast, cfg, device, torch.Generator().manual_seed(cfg.seed * 1000 + epoch), loss_fn, par)
             if not np.isfinite(loss): raise TrainingError(f"training loss became {loss} at epoch {epoch}: lower the learning rate or check the features")
-            with loss_outputs(module): vl = _val_loss(step_fn, val, device, autocast, cfg.batch_size, loss_fn)   # a distribution head: its parameters, for the NLL
+            with loss_outputs(module): vl = _val_loss(step_fn, val, device, autocast, cfg.batch_size, loss_fn, par)   # a distribution head: its parameters, for the NLL
             sched.step(loss if vl is None else vl)
             st.update({"epoch": epoch, "loss": loss, "val_loss": vl, "learning_rate": opt.param_groups[0]["lr"], "batches": steps,
                        "seconds": time.perf_counter() - te}, loss if vl is None else vl, module)
             stopped = st.bad_epochs >= cfg.early_stopping_patience
-            if checkpoint_dir: save_checkpoint(_checkpoint(adapter, opt, sched, scaler, st), Path(checkpoint_dir), epoch, keep)
+            if checkpoint_dir and par.is_main: save_checkpoint(_checkpoint(adapter, opt, sched, scaler, st), Path(checkpoint_dir), epoch, keep)
             bar.update(1); bar.set_postfix(loss=f"{loss:.4f}", val_loss=f"{vl:.4f}" if vl is not None else "-", lr=f"{opt.param_groups[0]['lr']:.1e}")
-            for cb in callbacks: cb(_progress(st, cfg, job_id, done=stopped or epoch == cfg.num_epochs))
+            for cb in (callbacks if par.is_main else ()): cb(_progress(st, cfg, job_id, done=stopped or epoch == cfg.num_epochs))
             if stopped: break
     bar.close()
     if st.best_state is not None: module.load_state_dict(st.best_state)
@@ -477,9 +496,10 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class ModelTrainingFacade:
     "Train a model on a symbol's bars, with progress, checkpoints and honest metrics."
     def __init__(self, checkpoint_root: str | Path | None = None, # checkpoints go to <root>/<run_id>/
-                 callbacks: list[Callable] = (), progress: bool = True, device: torch.device | None = None):
+                 callbacks: list[Callable] = (), progress: bool = True, device: torch.device | None = None,
+                 parallel: LocalRun | None = None): # `fit`'s `parallel` (`finsight.distributed.DDPRun()` under torchrun)
         self.checkpoint_root = Path(checkpoint_root) if checkpoint_root else get_settings().path("runs_dir") / "checkpoints"
-        self.callbacks, self.progress, self.device = list(callbacks), progress, device
+        self.callbacks, self.progress, self.device, self.parallel = list(callbacks), progress, device, parallel
 
     async def train_model(self, symbol: str, timeframe: TimeFrame, model_type: ModelType, train_data: pd.DataFrame,
                           val_data: pd.DataFrame, feature_engineering: BasicFeatureEngineering | None, config: ModelConfig,
@@ -515,7 +535,7 @@ def train_model_sync(self: ModelTrainingFacade, symbol: str, timeframe, model_ty
     win, _ = prepare_windows(train_data, val_data, test_data, fe, config, tf)
     adapter = ModelFactory.create(mt, config, len(win.channels), win.target_channel)
     kw = dict(callbacks=self.callbacks, checkpoint_dir=self.checkpoint_dir(run_id), resume_from=resume_from, job_id=job_id or run_id,
-              progress=self.progress, device=self.device)
+              progress=self.progress, device=self.device, **({"parallel": self.parallel} if self.parallel else {}))
     res = train_adapter(adapter, win.train, win.val, **kw)
     adapter.to("cpu")
     scale = naive_scale(win.train.close)
