@@ -22,6 +22,7 @@ from .tasks import available_tasks, get_task
 from .job_store import JobStore
 from .jobs import TrainingService, job_status, plan_workers
 from .batch import resume_batch, run_batch
+import finsight.panel_task   # registers the panel task (`--panel`)
 from .serve import export_uri, list_models, predict_uri, promote, serve_model, show_model, write_forecasts
 
 # %% auto #0
@@ -131,6 +132,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p = _parser(); args = p.parse_args(argv)
     if getattr(args, "config", None):
         _subparser(p, args.cmd).set_defaults(**_job_file_defaults(_subparser(p, args.cmd), args.cmd, args.config)); args = p.parse_args(argv)
+    if args.cmd in ("train", "run") and getattr(args, "nproc", None) is not None and not args.panel: raise ConfigError("--nproc needs --panel: a global model over several symbols trains on several processes")
+    if args.cmd in ("train", "run") and args.panel: args.task, args.symbol = "panel", args.symbol or args.panel[0]   # the panel task; SYMBOL names the job only
     if args.cmd in ("train", "run", "backtest", "tune") and not args.symbol: raise ConfigError(f"`finsight {args.cmd}` needs a SYMBOL (on the command line or `symbol:` in --config)")
     if args.cmd == "batch" and not args.symbols: raise ConfigError("`finsight batch` needs --symbols (or `symbols:` in --config)")
     return args
@@ -143,8 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("main", help="the main job: a batch on the bundled data (both symbols, both models, daily bars)")
     m.add_argument("--max-concurrent", type=int, default=2)
-    _job_args(sub.add_parser("train", help="run one job in this process"))
-    _job_args(sub.add_parser("run", help="run one job as a papermill job (executed notebook under runs/)"))
+    for q in (sub.add_parser("train", help="run one job in this process"), sub.add_parser("run", help="run one job as a papermill job (executed notebook under runs/)")):
+        _job_args(q)
+        q.add_argument("--panel", nargs="+", metavar="SYMBOL", default=None, help="train one global model on these symbols (the panel task), reported per symbol beside each symbol's own model")
+        q.add_argument("--nproc", type=int, default=None, help="with --panel: training processes (PyTorch DDP: gloo on CPU, NCCL on GPUs)")
     bp = sub.add_parser("batch", help="the cross product of symbols x timeframes x models as papermill jobs"); _job_args(bp, many=True)
     bp.add_argument("--backtest", action="store_true", help="backtest every combination (the backtest task) instead of training it once")
     bt = sub.add_parser("backtest", help="a rolling-origin backtest of one model in this process: beside naive, drift, seasonal naive, AR, with p-values")
@@ -281,13 +286,18 @@ def _model_cmd(args) -> int:
     return 0
 
 # %% ../nbs/60_cli.ipynb #325ea0bc
+def _panel_params(args) -> dict:
+    "The panel task's own options from the command line (`--panel`, `--nproc`)."
+    return {"symbols": args.panel} | ({"nproc": args.nproc} if args.nproc is not None else {}) if getattr(args, "panel", None) else {}
+
 def _train(args) -> dict:
     "`finsight train`: one job of the task `--task` in this process; its summary."
     task = get_task(args.task); fields = task.params_model.model_fields
     given = {"timeframe": args.timeframe, "data_source": args.source} if "timeframe" in fields else {}
     given |= {k: getattr(args, k) for k in ("folds", "mode", "embargo", "refit_every", "warm_start", "trials", "timeout", "space", "study_name", "storage", "workers") if hasattr(args, k)}
     if getattr(args, "scheduler", None) and "scheduler_address" in fields: given["scheduler_address"] = args.scheduler
-    params = _kv(args.param, "--param"); named = {"symbol": "SYMBOL", "model_type": "--model", "config": "--set"} | {k: {"data_source": "--source", "scheduler_address": "--scheduler"}.get(k, "--" + k.replace("_", "-")) for k in given}
+    given |= _panel_params(args)
+    params = _kv(args.param, "--param"); named = {"symbol": "SYMBOL", "model_type": "--model", "config": "--set"} | {k: {"data_source": "--source", "scheduler_address": "--scheduler", "symbols": "--panel"}.get(k, "--" + k.replace("_", "-")) for k in given} | {"symbols": "--panel", "nproc": "--nproc"}
     if clash := sorted(set(params) & set(named)): raise ConfigError(f"--param {clash[0]}=... clashes with the option {named[clash[0]]}: give it there instead")
     s = task.run(symbol=args.symbol, model_type=args.model, config=_kv(args.set), **{k: v for k, v in given.items() if v is not None and k in fields}, **params)
     return s.to_dict()
@@ -343,7 +353,7 @@ def _dispatch(args) -> int:
         res = run_batch(args.symbols if many else [args.symbol], args.timeframes if many else [args.timeframe], args.models if many else [args.model],
                         max_concurrent=getattr(args, "max_concurrent", None), config=_kv(args.set), task="backtest" if getattr(args, "backtest", False) else args.task, data_source=args.source,
                         scheduler_address=getattr(args, "scheduler", None), max_retries=getattr(args, "retries", 1), priority=getattr(args, "priority", 0),
-                        parameters=_kv(args.param, "--param"))
+                        parameters=_kv(args.param, "--param") | (_panel_params(args) if not many else {}))
         return _print_batch(res)
     if args.cmd == "tasks": return _tasks_cmd()
     if args.cmd == "info": return _info_cmd(args.json)

@@ -190,6 +190,7 @@ class BaseTimeSeriesAdapter(ModelAdapter):
     search_space: dict = {}  # what `finsight tune` searches by default: field -> {"low", "high", "log"} or {"choices": [...]}
     heads: tuple[str, ...] = ("mse",)  # the losses (`ModelConfig.loss`) this model can be trained with; "quantile": its module outputs (batch, horizon, quantiles)
     distributions: tuple[str, ...] = ()  # with "nll" among `heads`: the distributions its head can take; in training its module outputs their parameters (`nll_loss`), in eval the quantiles
+    covariate_kinds: tuple[str, ...] = ()  # covariates it reads as extra channels when its channels mix (`channel_mixing`): "past", "future" (known ahead), "static"
 
     def __init__(self, config: ModelConfig | dict, # hyperparameters (a dict is checked into a `ModelConfig`)
                  n_channels: int, # feature channels in each window
@@ -458,6 +459,7 @@ class _DomainMap(nn.Module):
 class PatchTSTAdapter(BaseTimeSeriesAdapter):
     "PatchTST (Nie et al. 2023): a Transformer over patches of each channel."
     heads, distributions = ("mse", "nll"), ("normal", "student_t")
+    covariate_kinds = ("past", "future", "static")
     search_space = {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.3},
                     "context_length": {"choices": [32, 64, 128]}, "d_model": {"choices": [64, 128]}, "num_layers": {"low": 1, "high": 3}}
     def _create_model(self) -> nn.Module:
@@ -476,6 +478,7 @@ def patchtsmixer_config(config: ModelConfig, n_channels: int):
 class PatchTSMixerAdapter(BaseTimeSeriesAdapter):
     "PatchTSMixer (Ekambaram et al. 2023): MLP-Mixer layers over patches, features and (optionally) channels."
     heads, distributions = ("mse", "nll"), ("normal", "student_t")
+    covariate_kinds = ("past", "future", "static")
     search_space = PatchTSTAdapter.search_space | {"expansion_factor": {"low": 1, "high": 4}}
     def _create_model(self) -> nn.Module:
         hf = _transformers().PatchTSMixerForPrediction(patchtsmixer_config(self.config, self.n_channels))
@@ -549,6 +552,7 @@ class DLinear(nn.Module):
 class DLinearAdapter(BaseTimeSeriesAdapter):
     "DLinear behind the adapter interface; `model_params={'kernel_size': k}` sets the trend window (default 25); `loss='quantile'` gives it a quantile head."
     heads = ("mse", "quantile")
+    covariate_kinds = ("past", "future", "static")
     search_space = {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}, "context_length": {"choices": [32, 64, 128]},
                     "channel_mixing": {"choices": [False, True]}}
     def _create_model(self) -> nn.Module:
