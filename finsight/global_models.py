@@ -25,7 +25,7 @@ from .training import TrainResult, _prices, train_adapter
 
 # %% auto #0
 __all__ = ['symbol_view', 'check_covariates', 'train_global', 'train_local', 'panel_forecasts', 'compare_global_local',
-           'plot_global_local']
+           'global_local_report', 'PanelBacktest', 'panel_backtest', 'plot_global_local']
 
 # %% ../nbs/35_global.ipynb #1b5c103f
 def symbol_view(ds: PanelWindowDataset, symbol: str) -> PanelWindowDataset:
@@ -90,13 +90,19 @@ def compare_global_local(global_adapter: BaseTimeSeriesAdapter, local: dict[str,
     "Per symbol (and overall): the global model's MAE beside the local model's and naive's on the same windows, rel_mae, and one-sided DM p-values."
     ds = getattr(pw, part)
     if ds is None: raise PanelError(f"the panel has no {part} windows")
-    g, h, rows, vs_naive, vs_local = panel_forecasts(global_adapter, ds, pw), ds.h, [], [], []
+    g = panel_forecasts(global_adapter, ds, pw)
+    loc = {s: panel_forecasts(local[s], symbol_view(ds, s), pw)[s] for s in g if s in local} if local is not None else None
+    return global_local_report(g, loc, ds.h)
+
+def global_local_report(g: dict[str, dict], loc: dict[str, dict] | None, h: int) -> pd.DataFrame:
+    "The per-symbol and overall table of `compare_global_local` from forecasts (`panel_forecasts`' dicts; a backtest's folds concatenated)."
+    rows, vs_naive, vs_local = [], [], []
     for s, f in g.items():
         m = compare_to_naive(f["actual"], f["pred"], f["last"]); eg, en = _per_origin(f), _naive_per_origin(f)
         r = {"symbol": s, "windows": m.windows, "global_mae": m.mae, "naive_mae": m.naive_mae, "global_rel_mae": m.rel_mae, "p_global_vs_naive": _p(eg, en, h)}
         vs_naive.append((pd.Index(f["origin"]), eg, en, m.naive_mae))
-        if local is not None and s in local:
-            fl = panel_forecasts(local[s], symbol_view(ds, s), pw)[s]; ml = compare_to_naive(fl["actual"], fl["pred"], fl["last"])
+        if loc is not None and s in loc:
+            fl = loc[s]; ml = compare_to_naive(fl["actual"], fl["pred"], fl["last"])
             r |= {"local_mae": ml.mae, "local_rel_mae": ml.rel_mae, "global_vs_local": m.mae / ml.mae if ml.mae > 0 else float("nan"),
                   "p_global_vs_local": _p(eg, _per_origin(fl), h)}
             vs_local.append((pd.Index(f["origin"]), eg, _per_origin(fl), m.naive_mae))
@@ -108,6 +114,40 @@ def compare_global_local(global_adapter: BaseTimeSeriesAdapter, local: dict[str,
         overall |= {"local_rel_mae": gm("local_rel_mae"), "global_vs_local": gm("global_vs_local"), "p_global_vs_local": _panel_p(vs_local, h),
                     "global_wins": int((t["global_vs_local"] < 1).sum())}
     return pd.concat([t, pd.DataFrame([overall], index=pd.Index(["all (geometric mean)"], name="symbol"))])
+
+# %% ../nbs/35_global.ipynb #61be33ed
+@dataclass
+class PanelBacktest:
+    "A walk-forward panel backtest: the pooled report, each fold's overall row, and every test forecast."
+    report: pd.DataFrame
+    by_fold: pd.DataFrame
+    forecasts: dict  # "global" / "local" -> symbol -> pooled forecast dict
+
+def _concat(parts: list[dict]) -> dict:
+    return {k: (parts[0][k].append([p[k] for p in parts[1:]]) if isinstance(parts[0][k], pd.Index) else np.concatenate([p[k] for p in parts])) for k in parts[0]}
+
+def panel_backtest(panel: Panel, model_type: str, config: ModelConfig, folds: int = 4, fe=None, covariates: Covariates | None = None,
+                   compare_local: bool = True, val_fraction: float = 0.15, first_test: float = 0.5, per_series: bool = True, progress: bool = True, **fit_kw) -> PanelBacktest:
+    "Walk-forward backtest of a global model (and each symbol's own) over `folds` test blocks after `first_test` of the time span."
+    if folds < 1: raise ConfigError(f"folds must be at least 1, got {folds}")
+    if covariates is not None and covariates.kinds: panel, fe = with_covariates(panel, covariates, config.prediction_length, fe)
+    ts = panel.timestamps(); n = len(ts); start = int(n * first_test); block = (n - start) // folds
+    if block < config.prediction_length + 2: raise PanelError(f"{n - start} bars after the first {start} leave {block} per fold for {folds} folds: fewer folds, or more bars")
+    g_parts, l_parts, rows = {}, {}, []
+    for k in tqdm(range(folds), desc=f"panel backtest {model_type}", disable=not progress):
+        a, b = start + k * block, (start + (k + 1) * block if k < folds - 1 else n)
+        sub = Panel({s: panel[s].loc[:ts[b - 1]] for s in panel.symbols}, panel.timeframe, panel.static, validate=False, min_rows=1, symbol_ids=panel.symbol_ids)
+        pw = panel_windows(sub, config.context_length, config.prediction_length, fe=fe, per_series=per_series, target_column=config.target_column,
+                           target_transform=config.target_transform, cuts={"val": ts[int(a * (1 - val_fraction))], "test": ts[a]})
+        g_ad, _ = train_global(pw, model_type, config, covariates, **fit_kw)
+        g = panel_forecasts(g_ad, pw.test, pw)
+        loc = {s: panel_forecasts(m, symbol_view(pw.test, s), pw)[s] for s, m in train_local(pw, model_type, config, list(g), progress=False, **fit_kw).items()} if compare_local else None
+        rows.append(global_local_report(g, loc, pw.test.h).iloc[-1].rename(k + 1).to_dict() | {"test_start": ts[a], "test_end": ts[b - 1]})
+        for s in g:
+            g_parts.setdefault(s, []).append(g[s])
+            if loc: l_parts.setdefault(s, []).append(loc[s])
+    G, L = {s: _concat(v) for s, v in g_parts.items()}, ({s: _concat(v) for s, v in l_parts.items()} if compare_local else None)
+    return PanelBacktest(global_local_report(G, L, config.prediction_length), pd.DataFrame(rows).rename_axis("fold"), {"global": G, "local": L})
 
 # %% ../nbs/35_global.ipynb #0e63cd63
 def plot_global_local(report: pd.DataFrame, title: str = "global vs local model, per symbol"):

@@ -21,7 +21,7 @@ from .covariates import Covariates, with_covariates
 from .panel_features import PanelWindows, panel_windows
 from .models import BaseTimeSeriesAdapter, ModelConfig, ModelFactory, ModelType
 from .training import TrainResult, plot_history, train_adapter
-from .global_models import check_covariates, compare_global_local, plot_global_local, train_global, train_local
+from .global_models import check_covariates, compare_global_local, panel_backtest, plot_global_local, train_global, train_local
 from .distributed import DistributedError, check_nproc, init_distributed, launch
 from .job_runs import job_run_or_new
 from .pipeline import save_figures
@@ -42,6 +42,7 @@ class PanelParams(JobParams):
     future_covariates: list[str] = []  # calendar (of the bar forecast), events (needs a frame: in Python only)
     static_covariates: list[str] = []  # columns of the panel's static frame (sector, asset_class)
     nproc: int = Field(1, ge=1, le=256)  # training processes (DDP; gloo on CPU, NCCL on GPUs)
+    folds: int = Field(1, ge=1, le=100)  # 1: one test period; more: a walk-forward panel backtest over that many test blocks (refits each)
     train_ratio: float | None = None
     val_ratio: float | None = None
 
@@ -61,13 +62,14 @@ class PanelParams(JobParams):
 @dataclass
 class PanelOutcome:
     "What a panel job trained and found."
-    model: BaseTimeSeriesAdapter
+    model: BaseTimeSeriesAdapter | None  # None for a backtest (a model per fold)
     history: list
     report: pd.DataFrame  # per symbol and overall: compare_global_local
     windows: PanelWindows
     covariates: Covariates
     world_size: int = 1
     seconds: float = 0.0
+    by_fold: pd.DataFrame | None = None  # a backtest's overall row per fold
 
 # %% ../nbs/46_panel_task.ipynb #d25531b6
 class PanelTask(Task):
@@ -83,6 +85,7 @@ class PanelTask(Task):
     def config(self, p: PanelParams) -> ModelConfig:   # covariates the model cannot read, and more processes than the machine has, are refused before the job starts
         cfg = Task.config(self, p); check_covariates(p.model_type, cfg, self.covariates(p))
         if p.nproc > 1: check_nproc(p.nproc, 1, p.device or None)
+        if p.nproc > 1 and p.folds > 1: raise PanelError(f"--nproc {p.nproc} with folds={p.folds}: a panel backtest trains in one process (a model per fold); use one or the other")
         return cfg
     def check_data(self, p: PanelParams) -> None:
         loader = get_data_loader(p.data_source or None)
@@ -120,6 +123,10 @@ def _panel_rank(spec: dict) -> dict | None:
 def train(self: PanelTask, p: PanelParams, panel: Panel, callbacks=(), progress: bool = True) -> PanelOutcome:
     "The global model (on `p.nproc` DDP processes when above 1), each symbol's own model when `compare_local`, and the per-symbol report."
     t0, folder = time.perf_counter(), self.output_folder(p)
+    if p.folds > 1:
+        cfg, cov = self.config(p), self.covariates(p)
+        bt = panel_backtest(panel, p.model_type, cfg, p.folds, BasicFeatureEngineering(), cov, p.compare_local, per_series=p.per_series, progress=progress, device=_device(p))
+        return PanelOutcome(None, [], bt.report, None, cov, 1, time.perf_counter() - t0, bt.by_fold)
     pw, cov, cfg = self.windows(p, panel)
     if p.nproc > 1:
         if p.nproc > len(pw.train): raise DistributedError(f"--nproc {p.nproc} is more than the {len(pw.train)} training windows of the panel")
@@ -138,7 +145,7 @@ def train(self: PanelTask, p: PanelParams, panel: Panel, callbacks=(), progress:
 def metrics_of(self: PanelTask, o: PanelOutcome) -> dict:
     "The overall row (geometric means, wins, panel p-values), each symbol's global and local rel_mae, epochs and processes."
     all_ = o.report.iloc[-1].dropna().to_dict(); per = o.report.iloc[:-1]
-    out = {k: float(v) for k, v in all_.items() if k not in ("windows", "global_mae", "naive_mae", "local_mae")} | {"symbols": len(per), "epochs": len(o.history), "world_size": o.world_size}
+    out = {k: float(v) for k, v in all_.items() if k not in ("windows", "global_mae", "naive_mae", "local_mae")} | {"symbols": len(per), "epochs": len(o.history), "world_size": o.world_size, "folds": len(o.by_fold) if o.by_fold is not None else 1}
     for s, r in per.iterrows(): out |= {f"{s}.{k}": float(r[k]) for k in ("global_rel_mae", "local_rel_mae", "p_global_vs_local") if k in r and pd.notna(r[k])}
     return out
 
@@ -149,8 +156,9 @@ def metrics_table(self: PanelTask, o: PanelOutcome) -> pd.DataFrame: return o.re
 def save_outputs(self: PanelTask, p: PanelParams, o: PanelOutcome, folder: Path) -> dict[str, Path]:
     "report.csv, the global model (global_model.pt), the per-symbol plot and the training curve."
     folder.mkdir(parents=True, exist_ok=True); o.report.to_csv(folder / "report.csv")
-    if not (folder / "global_model.pt").is_file(): o.model.save(folder / "global_model.pt")
-    title = f"{p.model_type} on {len(p.symbols)} symbols, {p.timeframe}" + (f", {o.world_size} processes" if o.world_size > 1 else "")
+    if o.by_fold is not None: o.by_fold.to_csv(folder / "by_fold.csv")
+    if o.model is not None and not (folder / "global_model.pt").is_file(): o.model.save(folder / "global_model.pt")
+    title = f"{p.model_type} on {len(p.symbols)} symbols, {p.timeframe}" + (f", {o.world_size} processes" if o.world_size > 1 else "") + (f", {p.folds}-fold backtest" if p.folds > 1 else "")
     figs = {"global_local": plot_global_local(o.report, title)} | ({"training_curve": plot_history(o.history, title)} if o.history else {})
     return save_figures(figs, folder)
 
@@ -160,11 +168,11 @@ def record(self: PanelTask, p: PanelParams, o: PanelOutcome, data=None, exported
     if not p.track: return None
     folder = self.output_folder(p)
     with job_run_or_new(p._run, lambda: self.tracker(p), self.job_name(p), self.tags(p) | {"finsight.kind": "panel", "finsight.symbols": ",".join(p.symbols)}) as (tracker, rid):
-        tracker.log_params_sync({k: v for k, v in p.to_dict().items() if k != "config"} | self.config(p).to_dict() | {"channels": o.windows.channels})
+        tracker.log_params_sync({k: v for k, v in p.to_dict().items() if k != "config"} | self.config(p).to_dict() | ({"channels": o.windows.channels} if o.windows else {}))
         live = set(p._run.live_epochs) if p._run else set()   # epochs whose losses were logged as they ended: their durations only
         tracker.log_metrics_sync(self.metrics_of(o)); tracker.log_history_sync([h for h in o.history if h["epoch"] not in live], run_id=rid)
         if live: tracker.log_history_sync([h for h in o.history if h["epoch"] in live], keys={"seconds": "epoch_seconds"}, run_id=rid)
-        for f in ("report.csv", "global_local.png", "training_curve.png"):
+        for f in ("report.csv", "by_fold.csv", "global_local.png", "training_curve.png"):
             if (folder / f).is_file(): tracker.log_artifact_sync(folder / f, None, rid)
     return rid
 
