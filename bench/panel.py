@@ -102,8 +102,8 @@ def ddp_rows(shards: Path, model_cfg, n_channels: int, target: int, steps: int, 
     one = _steps_per_second(m, make_optimizer(m, model_cfg, torch.device("cpu")), ds.shard_batches(BS, 0, 1, torch.Generator().manual_seed(0)), steps, warmup)
     out = launch(2, _ddp_rank, str(shards), model_cfg.to_dict(), n_channels, target, steps, warmup, threads=1)
     two = sum(out.values())   # each rank's windows/s: together, the global batch's
-    return [{"windows": "DDP, 2 processes x 1 thread (gloo), streaming", "training windows/s": two, "vs in-memory": None},
-            {"windows": "1 process x 2 threads, streaming (same global batches)", "training windows/s": one, "vs in-memory": None}]
+    return [{"windows": "DDP, 2 processes x 1 thread (gloo), streaming", "training windows/s": two, "vs in-memory": ""},
+            {"windows": "1 process x 2 threads, streaming (same global batches)", "training windows/s": one, "vs in-memory": ""}]
 
 
 def rss_child(mode: str, folder: str, buffer: int, chunk: int) -> dict:

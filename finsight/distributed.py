@@ -26,7 +26,7 @@ from .training import LocalRun, ModelTrainingFacade
 
 # %% auto #0
 __all__ = ['DistributedError', 'batch_shares', 'shared_batches', 'DDPRun', 'check_nproc', 'launch', 'TrainSpec',
-           'init_distributed', 'train_spec', 'main', 'train_distributed']
+           'init_distributed', 'train_spec', 'main', 'train_distributed', 'launch_dask']
 
 # %% ../nbs/31b_distributed.ipynb #cade9752
 class DistributedError(FinsightError, ValueError):
@@ -196,3 +196,37 @@ def train_distributed(spec: dict, # a `TrainSpec`: symbol, output_dir, timeframe
     write_json(out / "spec.json", s.to_dict())
     launch(nproc, ["-m", "finsight.distributed"], (out / "spec.json").resolve(), threads=threads, timeout=timeout, device=s.device)
     return json.loads((out / "result.json").read_text())
+
+# %% ../nbs/31b_distributed.ipynb #7ba9fdf4
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s: s.bind(("", 0)); return s.getsockname()[1]
+
+def _dask_rank(target: Callable, rank: int, world: int, addr: str, port: int, threads: int, *args):
+    "Rank `rank` of `world` in this Dask worker: torchrun's environment for the call, restored after."
+    env = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": addr, "MASTER_PORT": str(port)}
+    saved, n = {k: os.environ.get(k) for k in env}, torch.get_num_threads()
+    os.environ.update(env); torch.set_num_threads(threads)
+    try: return target(*args)
+    finally:
+        torch.set_num_threads(n)
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+def launch_dask(nproc: int, target: Callable, *args, client=None, scheduler_address: str | None = None, threads: int = 1, timeout: float | None = None) -> dict:
+    "Run `target(*args)` as `nproc` DDP ranks on the workers of a Dask cluster (`client`, or the scheduler at `scheduler_address`), one rank per worker: {rank: its return value}."
+    from distributed import Client
+    from urllib.parse import urlparse
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1: raise DistributedError(f"--nproc must be a whole number of processes >= 1, got {nproc!r}")
+    c = client or Client(scheduler_address)
+    try:
+        workers = sorted(c.scheduler_info()["workers"])
+        if nproc > len(workers): raise DistributedError(f"--nproc {nproc} needs {nproc} Dask workers (one rank each); the cluster has {len(workers)}")
+        chosen = workers[:nproc]; host = urlparse(chosen[0]).hostname
+        port = c.submit(_free_port, workers=[chosen[0]], pure=False).result(timeout)
+        futs = [c.submit(_dask_rank, target, r, nproc, host, port, threads, *args, workers=[w], allow_other_workers=False, pure=False) for r, w in enumerate(chosen)]
+        try: return {r: f.result(timeout) for r, f in enumerate(futs)}
+        except Exception as e: raise DistributedError(f"{nproc} ranks of {getattr(target, '__name__', target)} on Dask failed: {type(e).__name__}: {e}") from e
+    finally:
+        if client is None: c.close()

@@ -22,7 +22,7 @@ from .panel_features import PanelWindows, panel_windows
 from .models import BaseTimeSeriesAdapter, ModelConfig, ModelFactory, ModelType
 from .training import TrainResult, plot_history, train_adapter
 from .global_models import check_covariates, compare_global_local, panel_backtest, plot_global_local, train_global, train_local
-from .distributed import DistributedError, check_nproc, init_distributed, launch
+from .distributed import DistributedError, check_nproc, init_distributed, launch, launch_dask
 from .job_runs import job_run_or_new
 from .pipeline import save_figures
 from .tasks import JobParams, Task, _device, register_task
@@ -42,6 +42,7 @@ class PanelParams(JobParams):
     future_covariates: list[str] = []  # calendar (of the bar forecast), events (needs a frame: in Python only)
     static_covariates: list[str] = []  # columns of the panel's static frame (sector, asset_class)
     nproc: int = Field(1, ge=1, le=256)  # training processes (DDP; gloo on CPU, NCCL on GPUs)
+    scheduler_address: str = ""  # with nproc > 1: run the ranks on the workers of this Dask scheduler (one per worker) instead of local processes
     folds: int = Field(1, ge=1, le=100)  # 1: one test period; more: a walk-forward panel backtest over that many test blocks (refits each)
     train_ratio: float | None = None
     val_ratio: float | None = None
@@ -84,7 +85,7 @@ class PanelTask(Task):
     def covariates(self, p: PanelParams) -> Covariates: return Covariates(list(p.past_covariates), list(p.future_covariates), list(p.static_covariates))
     def config(self, p: PanelParams) -> ModelConfig:   # covariates the model cannot read, and more processes than the machine has, are refused before the job starts
         cfg = Task.config(self, p); check_covariates(p.model_type, cfg, self.covariates(p))
-        if p.nproc > 1: check_nproc(p.nproc, 1, p.device or None)
+        if p.nproc > 1 and not p.scheduler_address: check_nproc(p.nproc, 1, p.device or None)
         if p.nproc > 1 and p.folds > 1: raise PanelError(f"--nproc {p.nproc} with folds={p.folds}: a panel backtest trains in one process (a model per fold); use one or the other")
         return cfg
     def check_data(self, p: PanelParams) -> None:
@@ -131,7 +132,8 @@ def train(self: PanelTask, p: PanelParams, panel: Panel, callbacks=(), progress:
     if p.nproc > 1:
         if p.nproc > len(pw.train): raise DistributedError(f"--nproc {p.nproc} is more than the {len(pw.train)} training windows of the panel")
         spec = {"params": p.model_dump() | {"nproc": 1, "track": False}, "model_path": str(folder / "global_model.pt"), "checkpoints": str(folder / "checkpoints" / "global"), "device": p.device}
-        out = launch(p.nproc, _panel_rank, spec, threads=max(1, len(os.sched_getaffinity(0)) // p.nproc), device=p.device or None)[0]
+        out = (launch_dask(p.nproc, _panel_rank, spec, scheduler_address=p.scheduler_address) if p.scheduler_address else
+               launch(p.nproc, _panel_rank, spec, threads=max(1, len(os.sched_getaffinity(0)) // p.nproc), device=p.device or None))[0]
         adapter, history, ws = BaseTimeSeriesAdapter.load(folder / "global_model.pt"), out["history"], out["world_size"]
     else:
         live = [p._run.epoch_logger()] if p._run else []   # losses live in the job's run

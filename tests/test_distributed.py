@@ -77,3 +77,15 @@ def test_too_many_ranks_is_refused(base):
     root, spec, _ = base
     with pytest.raises(DistributedError, match="--nproc 2 is more than the batch_size 1"): train_distributed(spec("x", config=CFG | {"batch_size": 1}), nproc=2)
     with pytest.raises(DistributedError, match="CPU cores"): train_distributed(spec("x"), nproc=len(os.sched_getaffinity(0)) + 1)
+
+
+def test_two_ranks_on_dask_workers_equal_one_process(base):
+    "The job service's engine: two Dask worker processes as the two ranks (`launch_dask`), the same history as one process."
+    from distributed import Client, LocalCluster
+    from finsight.distributed import launch_dask
+    root, spec, single = base
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        out = launch_dask(2, _rank, spec("dask", epochs=2), client=client)
+        assert set(out) == {0, 1} and out[0]["world_size"] == 2
+        _same_history(out[0]["history"], single["history"][:2])
+        with pytest.raises(DistributedError, match="--nproc 3 needs 3 Dask workers"): launch_dask(3, _rank, spec("x"), client=client)
