@@ -15,8 +15,9 @@ from .data.panel import Panel, PanelError
 from .features import BasicFeatureEngineering, datetime_features
 
 # %% auto #0
-__all__ = ['PAST_COVARIATES', 'CovariateError', 'register_covariate', 'past_covariate', 'check_covariate_lookahead',
-           'future_calendar', 'future_events', 'static_columns', 'Covariates', 'with_covariates']
+__all__ = ['PAST_COVARIATES', 'MAX_SYMBOL_ONE_HOT', 'CovariateError', 'register_covariate', 'past_covariate',
+           'check_covariate_lookahead', 'future_calendar', 'future_events', 'static_columns', 'Covariates',
+           'with_covariates']
 
 # %% ../nbs/10b_covariates.ipynb #5991c13d
 class CovariateError(FinsightError, ValueError):
@@ -87,12 +88,16 @@ def future_events(events: pd.DataFrame | dict[str, pd.DataFrame], symbols: list[
         out[s] = pd.DataFrame(vals, index=idx, columns=[f"fut_event_{c}" for c in ev.columns])
     return out
 
+MAX_SYMBOL_ONE_HOT = 64
+
 def static_columns(panel: Panel, names: list[str]) -> pd.DataFrame:
-    "One-hot static covariates `names` (columns of the panel's static frame), one row per symbol."
-    if missing := [n for n in names if n not in panel.static]: raise CovariateError(f"static covariate(s) {missing} are not columns of the panel's static frame ({list(panel.static.columns)})")
+    "One-hot static covariates `names` (columns of the panel's static frame, or `symbol`: the symbol itself), one row per symbol."
+    static = panel.static.assign(symbol=panel.static.index) if "symbol" in names else panel.static
+    if missing := [n for n in names if n not in static]: raise CovariateError(f"static covariate(s) {missing} are not columns of the panel's static frame ({list(panel.static.columns)}) nor 'symbol'")
     if not names: return pd.DataFrame(index=panel.symbols)
-    if (na := panel.static[names].isna().any(axis=1)).any(): raise CovariateError(f"static covariates {names} are missing for symbol(s) {', '.join(panel.static.index[na][:10])}")
-    return pd.get_dummies(panel.static[names].astype(str), prefix=[f"static_{n}" for n in names], dtype="float64")
+    if "symbol" in names and len(panel.symbols) > MAX_SYMBOL_ONE_HOT: raise CovariateError(f"static covariate 'symbol' would add {len(panel.symbols)} one-hot channels (at most {MAX_SYMBOL_ONE_HOT}): use sector or asset_class instead")
+    if (na := static[names].isna().any(axis=1)).any(): raise CovariateError(f"static covariates {names} are missing for symbol(s) {', '.join(static.index[na][:10])}")
+    return pd.get_dummies(static[names].astype(str), prefix=[f"static_{n}" for n in names], dtype="float64")
 
 # %% ../nbs/10b_covariates.ipynb #b0daaa76
 @dataclass
