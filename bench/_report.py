@@ -33,3 +33,14 @@ def write_section(name: str, body: str, command: str) -> None:
     block = f"{start}\n{text}{end}"
     doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, doc, flags=re.S) if start in doc else doc.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(doc)
+
+
+def timings(call, inputs: list, seconds: float, min_calls: int = 20, warmup: int = 5):
+    "Seconds of each call of `call` over `inputs` (cycled), after `warmup` calls, for at least `seconds` and `min_calls` (a numpy array)."
+    import time
+    import numpy as np
+    for i in range(warmup): call(inputs[i % len(inputs)])
+    out, t_end, i = [], time.perf_counter() + seconds, 0
+    while time.perf_counter() < t_end or len(out) < min_calls:
+        x = inputs[i % len(inputs)]; t = time.perf_counter(); call(x); out.append(time.perf_counter() - t); i += 1
+    return np.array(out)

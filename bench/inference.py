@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import table, write_section
+from _report import table, write_section, timings
 from finsight.data.sources import load_bundled
 from finsight.features import BasicFeatureEngineering
 from finsight.models import ModelConfig
@@ -32,15 +32,6 @@ def train(model: str):
     f = ModelTrainingFacade(checkpoint_root=tempfile.mkdtemp(), progress=False)
     return f.train_model_sync("SP500", "1d", model, sp.iloc[:int(n * .7)], sp.iloc[int(n * .7):int(n * .85)], BasicFeatureEngineering(), cfg,
                               test_data=sp.iloc[int(n * .85):]).model
-
-
-def timings(call, inputs: list, seconds: float, min_calls: int, warmup: int) -> np.ndarray:
-    "Seconds of each call of `call` over `inputs` (cycled), after `warmup` calls, for at least `seconds` and `min_calls`."
-    for i in range(warmup): call(inputs[i % len(inputs)])
-    out, t_end, i = [], time.perf_counter() + seconds, 0
-    while time.perf_counter() < t_end or len(out) < min_calls:
-        x = inputs[i % len(inputs)]; t = time.perf_counter(); call(x); out.append(time.perf_counter() - t); i += 1
-    return np.array(out)
 
 
 DEVICE = torch.device("cpu")

@@ -15,7 +15,7 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .settings import ConfigError, FinsightError, write_json
-from .data.panel import Panel, PanelError, PanelWindowDataset
+from .data.panel import Panel, PanelError, PanelWindowDataset, symbol_view
 from .panel_features import PanelWindows, panel_windows
 from .covariates import CovariateError, Covariates, with_covariates
 from .models import BaseTimeSeriesAdapter, ModelConfig, ModelFactory
@@ -24,17 +24,8 @@ from .significance import diebold_mariano
 from .training import TrainResult, _prices, train_adapter
 
 # %% auto #0
-__all__ = ['symbol_view', 'check_covariates', 'train_global', 'train_local', 'panel_forecasts', 'compare_global_local',
-           'global_local_report', 'PanelBacktest', 'panel_backtest', 'plot_global_local']
-
-# %% ../nbs/35_global.ipynb #1b5c103f
-def symbol_view(ds: PanelWindowDataset, symbol: str) -> PanelWindowDataset:
-    "The windows of `symbol` among `ds`'s (a view of the same tensors)."
-    if symbol not in ds.series.index: raise PanelError(f"symbol {symbol!r} is not in this panel: {', '.join(ds.series.index[:10])}")
-    keep = ds._series == int(ds.series.index.get_loc(symbol))
-    v = object.__new__(PanelWindowDataset); v.__dict__.update(ds.__dict__)
-    v.starts, v._series, v.symbol_ids, v.rank, v.world_size = ds.starts[keep], ds._series[keep], ds.symbol_ids[keep], 0, 1
-    return v
+__all__ = ['check_covariates', 'train_global', 'train_local', 'panel_forecasts', 'compare_global_local', 'global_local_report',
+           'PanelBacktest', 'panel_backtest', 'plot_global_local']
 
 # %% ../nbs/35_global.ipynb #fd9e5d71
 def check_covariates(model_type: str, config: ModelConfig, cov: Covariates | None) -> None:

@@ -8,7 +8,7 @@ Docs: https://finsight.github.io/finsight/job_runs.html.md"""
 from __future__ import annotations
 import asyncio, contextlib
 from typing import Callable
-from .tracking import IExperimentTracker, RunStatus
+from .tracking import IExperimentTracker, RunStatus, progress_logger
 
 # %% auto #0
 __all__ = ['JobRun', 'start_job_run', 'job_run_or_new']
@@ -24,10 +24,9 @@ class JobRun:
 
     def epoch_logger(self) -> Callable:
         "A training callback: each epoch's loss, validation loss and learning rate as step metrics of the run, while it trains."
+        each = progress_logger(self.tracker, self.run_id)
         def log(u) -> None:
-            if not self.open: return
-            self.tracker.log_metrics_sync({"loss": u.current_loss, "val_loss": u.validation_loss, "learning_rate": u.learning_rate}, step=u.current_epoch, run_id=self.run_id)
-            self.live_epochs.append(u.current_epoch)
+            if self.open: each(u); self.live_epochs.append(u.current_epoch)
         return log
 
     def end(self, error: BaseException | None = None) -> None:

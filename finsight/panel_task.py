@@ -13,29 +13,28 @@ import pandas as pd
 from fastcore.basics import patch
 from pydantic import Field, field_validator
 from .settings import get_settings, write_json
-from .data.sources import TimeFrame, check_symbol
+from .data.sources import check_symbol
 from .data.loaders import get_data_loader
 from .data.panel import Panel, PanelError
 from .features import BasicFeatureEngineering
 from .covariates import Covariates, with_covariates
 from .panel_features import PanelWindows, panel_windows
-from .models import BaseTimeSeriesAdapter, ModelConfig, ModelFactory, ModelType
+from .models import BaseTimeSeriesAdapter, ModelConfig, ModelFactory
 from .training import TrainResult, plot_history, train_adapter
 from .global_models import check_covariates, compare_global_local, panel_backtest, plot_global_local, train_global, train_local
 from .distributed import DistributedError, check_nproc, init_distributed, launch, launch_dask
 from .job_runs import job_run_or_new
+from .tracking import log_history_after_live
 from .pipeline import save_figures
-from .tasks import JobParams, Task, _device, register_task
+from .tasks import MarketParams, Task, _device, register_task
 
 # %% auto #0
 __all__ = ['PanelParams', 'PanelOutcome', 'PanelTask']
 
 # %% ../nbs/46_panel_task.ipynb #fe51bec8
-class PanelParams(JobParams):
+class PanelParams(MarketParams):
     "Parameters of one panel job (the `parameters` cell of `nbs/templates/panel.ipynb`)."
     symbols: list[str] = ["SP500", "NASDAQ"]  # the panel's symbols (one timeframe)
-    timeframe: str = "1d"
-    data_source: str = ""  # "" = the settings' (local | cloud | hybrid)
     per_series: bool = True  # each symbol's own feature pipeline (else one fitted on all training rows)
     compare_local: bool = True  # also train each symbol's own model: what the global model must beat
     past_covariates: list[str] = []  # market, sector, returns:SYMBOL, or registered ones
@@ -44,8 +43,6 @@ class PanelParams(JobParams):
     nproc: int = Field(1, ge=1, le=256)  # training processes (DDP; gloo on CPU, NCCL on GPUs)
     scheduler_address: str = ""  # with nproc > 1: run the ranks on the workers of this Dask scheduler (one per worker) instead of local processes
     folds: int = Field(1, ge=1, le=100)  # 1: one test period; more: a walk-forward panel backtest over that many test blocks (refits each)
-    train_ratio: float | None = None
-    val_ratio: float | None = None
 
     @field_validator("symbols")
     @classmethod
@@ -53,12 +50,6 @@ class PanelParams(JobParams):
         if not v: raise ValueError("a panel needs at least one symbol")
         if len(set(v)) < len(v): raise ValueError(f"symbols repeat: {sorted(s for s in set(v) if v.count(s) > 1)}")
         return [check_symbol(s) for s in v]
-    @field_validator("timeframe")
-    @classmethod
-    def _tf(cls, v): return TimeFrame.parse(v).value
-    @field_validator("model_type")
-    @classmethod
-    def _mt(cls, v): return ModelType.parse(v).value if v else v
 
 @dataclass
 class PanelOutcome:
@@ -171,9 +162,7 @@ def record(self: PanelTask, p: PanelParams, o: PanelOutcome, data=None, exported
     folder = self.output_folder(p)
     with job_run_or_new(p._run, lambda: self.tracker(p), self.job_name(p), self.tags(p) | {"finsight.kind": "panel", "finsight.symbols": ",".join(p.symbols)}) as (tracker, rid):
         tracker.log_params_sync({k: v for k, v in p.to_dict().items() if k != "config"} | self.config(p).to_dict() | ({"channels": o.windows.channels} if o.windows else {}))
-        live = set(p._run.live_epochs) if p._run else set()   # epochs whose losses were logged as they ended: their durations only
-        tracker.log_metrics_sync(self.metrics_of(o)); tracker.log_history_sync([h for h in o.history if h["epoch"] not in live], run_id=rid)
-        if live: tracker.log_history_sync([h for h in o.history if h["epoch"] in live], keys={"seconds": "epoch_seconds"}, run_id=rid)
+        tracker.log_metrics_sync(self.metrics_of(o)); log_history_after_live(tracker, o.history, p._run.live_epochs if p._run else (), rid)
         for f in ("report.csv", "by_fold.csv", "global_local.png", "training_curve.png"):
             if (folder / f).is_file(): tracker.log_artifact_sync(folder / f, None, rid)
     return rid

@@ -14,7 +14,7 @@ from .data.sources import data_fingerprint
 from .data.loaders import get_data_loader
 from .data.validation import ValidationReport, validate_ohlcv
 from .training import TrainingOutcome, forecast_windows, plot_forecast, plot_history
-from .tracking import IExperimentTracker, MLflowArtifactHelper, MLflowExperimentTracker, TrackingError, run_environment
+from .tracking import IExperimentTracker, MLflowArtifactHelper, MLflowExperimentTracker, TrackingError, log_history_after_live, run_environment
 from .registry import log_pyfunc_model, log_training_data, register_run_model, registered_name, save_model_dir, try_register
 
 # %% auto #0
@@ -109,9 +109,7 @@ def _log_training(tracker, run_id, outcome, bars, export_dir, extra_artifacts, t
         stage = Path(t); fp, env = _stage_training_files(outcome, bars, export_dir, stage, plots, model=not in_mlflow)
         tracker.set_tags_sync(_training_tags(outcome, fp, env) | (tags or {}), run_id)
         tracker.log_params_sync(training_params(outcome) | ({f"data.{k}": v for k, v in fp.items()} if fp else {}), run_id)
-        if log_history:
-            live = set(live_epochs); tracker.log_history_sync([h for h in outcome.history if h["epoch"] not in live], run_id=run_id)
-            if live: tracker.log_history_sync([h for h in outcome.history if h["epoch"] in live], keys={"seconds": "epoch_seconds"}, run_id=run_id)
+        if log_history: log_history_after_live(tracker, outcome.history, live_epochs, run_id)
         tracker.log_metrics_sync(outcome.metrics.to_dict(), run_id=run_id)
         for p in sorted(stage.iterdir()): tracker.log_artifact_sync(p, None, run_id)
         if export_dir is not None: tracker.log_artifact_sync(export_dir, "exports", run_id)

@@ -14,7 +14,7 @@ from .settings import ConfigError, FinsightError, get_settings, redact
 from .data.sources import TimeFrame
 from .training import TrainedModel, predict
 from .tracking import MLflowExperimentTracker, resolve_tracking_uri
-from .registry import promote_best, registered_name, save_model_dir
+from .registry import promote_best, registered_name, run_logged_model, save_model_dir
 from .export import ExportResult, export_model
 from .pipeline import load_bars
 
@@ -87,21 +87,14 @@ def model_source(uri: str | ModelURI, tracking_uri: str | None = None) -> str:
     "The artifact URI of the model folder a registry or run URI names (a logged model's location, a run's artifact path)."
     m = uri if isinstance(uri, ModelURI) else parse_model_uri(uri)
     if m.kind not in ("run", "registry"): return m.path
-    c = model_client(tracking_uri)
-    if m.kind == "run": return getattr(_run_logged_model(c, m), "artifact_location", None) or f"runs:/{m.run_id}/{m.path}"
+    t = MLflowExperimentTracker(tracking_uri, fallback=False); c = t.client
+    if m.kind == "run":
+        try: lm = run_logged_model(t, m.run_id, m.path)   # MLflow 3 `log_model`; None: the model is among the run's artifacts
+        except Exception as e: raise ModelURIError(f"model URI {m.uri!r} does not exist: {_why(e)}") from None
+        return getattr(lm, "artifact_location", None) or f"runs:/{m.run_id}/{m.path}"
     mv = _version_of(c, m)
     model_id = getattr(mv, "model_id", None) or (mv.source[len("models:/"):] if mv.source.startswith("models:/m-") else None)
     return c.get_logged_model(model_id).artifact_location if model_id else mv.source
-
-def _run_logged_model(c, m: ModelURI):
-    "The logged model called `m.path` that run `m.run_id` output (MLflow 3 `log_model`), or None (then the model is among the run's artifacts)."
-    try: outs = c.get_run(m.run_id).outputs
-    except Exception as e: raise ModelURIError(f"model URI {m.uri!r} does not exist: {_why(e)}") from None
-    for o in sorted(outs.model_outputs if outs else [], key=lambda o: -o.step):
-        try: lm = c.get_logged_model(o.model_id)
-        except Exception: continue
-        if lm.name == m.path: return lm
-    return None
 
 def _download(source: str, dst: Path, tracking_uri: str) -> Path:
     import mlflow.artifacts

@@ -36,7 +36,7 @@ from .sentiment import export_sentiment, log_sentiment_run, sentiment_metrics_ta
 
 # %% auto #0
 __all__ = ['TASKS', 'JobParams', 'JobSummary', 'TaskError', 'Task', 'register_task', 'get_task', 'available_tasks',
-           'ForecastParams', 'ForecastTask', 'BacktestParams', 'BacktestTask', 'TuneParams', 'TuneTask',
+           'MarketParams', 'ForecastParams', 'ForecastTask', 'BacktestParams', 'BacktestTask', 'TuneParams', 'TuneTask',
            'SentimentParams', 'SentimentTask']
 
 # %% ../nbs/45_tasks.ipynb #f8ea8604
@@ -262,16 +262,12 @@ def available_tasks() -> list[str]:
     return list(TASKS)
 
 # %% ../nbs/45_tasks.ipynb #3aaea98c
-class ForecastParams(JobParams):
-    "Parameters of one forecasting job (the `parameters` cell of `nbs/templates/train.ipynb`)."
-    model_type: str = "patchtst"  # a registered model type (`ModelFactory.available()`)
+class MarketParams(JobParams):
+    "What every job on market bars takes besides `JobParams`: its timeframe, data source and split, checked (the forecast and panel tasks')."
     timeframe: str = "1d"
     data_source: str = ""  # local | cloud | hybrid; "" = the settings'
     train_ratio: float | None = None  # None = the settings' (0.7)
     val_ratio: float | None = None  # None = the settings' (0.15)
-    export_formats: list[str] = ["pt", "onnx"]  # any of pt, torchscript, torch_export, onnx, triton ([] = none)
-    target: Literal["close", "realized_vol"] | None = None  # None: the config's (close); realized_vol: its realised variance (config: vol_estimator, vol_window)
-    loss: Literal["mse", "quantile", "nll"] | None = None  # None: the config's (mse); quantile or nll: a probabilistic head (config: quantiles, distribution)
 
     @field_validator("timeframe")
     @classmethod
@@ -284,6 +280,14 @@ class ForecastParams(JobParams):
     def _ds(cls, v):
         if v and v not in {k.value for k in DataLoaderType}: raise ConfigError(f"data_source={v!r} is invalid: must be one of {', '.join(k.value for k in DataLoaderType)}")
         return v
+
+class ForecastParams(MarketParams):
+    "Parameters of one forecasting job (the `parameters` cell of `nbs/templates/train.ipynb`)."
+    model_type: str = "patchtst"  # a registered model type (`ModelFactory.available()`)
+    export_formats: list[str] = ["pt", "onnx"]  # any of pt, torchscript, torch_export, onnx, triton ([] = none)
+    target: Literal["close", "realized_vol"] | None = None  # None: the config's (close); realized_vol: its realised variance (config: vol_estimator, vol_window)
+    loss: Literal["mse", "quantile", "nll"] | None = None  # None: the config's (mse); quantile or nll: a probabilistic head (config: quantiles, distribution)
+
     @field_validator("export_formats")
     @classmethod
     def _fmts(cls, v): return list(parse_formats(v)) if v else []

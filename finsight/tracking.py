@@ -21,7 +21,7 @@ __all__ = ['MLFLOW_ENV_DEFAULTS', 'TrackingError', 'TrackingUnavailableError', '
            'clean_params', 'clean_tags', 'clean_metrics', 'check_tracking_uri', 'embedded_tracking_uri',
            'resolve_tracking_uri', 'default_experiments_dir', 'cluster_tracking_uri', 'server_unreachable',
            'IExperimentTracker', 'SimpleExperimentTracker', 'MLflowExperimentTracker', 'run_environment',
-           'MLflowArtifactHelper', 'progress_logger', 'get_tracker']
+           'MLflowArtifactHelper', 'progress_logger', 'log_history_after_live', 'get_tracker']
 
 # %% ../nbs/40_tracking.ipynb #d7a6fc77
 _log = logging.getLogger(__name__)
@@ -552,6 +552,11 @@ def progress_logger(tracker: IExperimentTracker, run_id: str):
     "A training callback that logs each epoch's loss, validation loss and learning rate as step metrics of `run_id`."
     def log(u) -> None: tracker.log_metrics_sync({"loss": u.current_loss, "val_loss": u.validation_loss, "learning_rate": u.learning_rate}, step=u.current_epoch, run_id=run_id)
     return log
+
+def log_history_after_live(tracker: IExperimentTracker, history: list[dict], live_epochs=(), run_id: str | None = None) -> None:
+    "A finished training's per-epoch records: all of them, except that epochs `progress_logger` already logged get only their durations."
+    live = set(live_epochs); tracker.log_history_sync([h for h in history if h["epoch"] not in live], run_id=run_id)
+    if live: tracker.log_history_sync([h for h in history if h["epoch"] in live], keys={"seconds": "epoch_seconds"}, run_id=run_id)
 
 # %% ../nbs/40_tracking.ipynb #e034a91b
 def get_tracker(kind: str | None = None, # "mlflow" (default) or "simple"

@@ -21,7 +21,7 @@ from .windows import WindowDataset
 
 # %% auto #0
 __all__ = ['SECTORS', 'ASSET_CLASSES', 'PanelError', 'synthetic_factors', 'synthetic_static', 'Panel', 'synthetic_panel',
-           'write_synthetic_panel', 'PanelSplit', 'rank_positions', 'PanelWindowDataset']
+           'write_synthetic_panel', 'PanelSplit', 'rank_positions', 'PanelWindowDataset', 'symbol_view']
 
 # %% ../../nbs/04a_data.panel.ipynb #80bb91e3
 class PanelError(FinsightError, ValueError):
@@ -195,7 +195,7 @@ def rank_positions(n: int, rank: int = 0, world_size: int = 1) -> range:
     if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size): raise PanelError(f"rank={rank!r}, world_size={world_size!r}: need 0 <= rank < world_size")
     return range(rank, n, world_size)
 
-class PanelWindowDataset(torch.utils.data.Dataset):
+class PanelWindowDataset(WindowDataset):
     "Windows of many series over one tensor of all their rows; `symbol_ids[i]` is window i's symbol."
     def __init__(self, datasets: dict[str, WindowDataset], symbol_ids: dict[str, int]):
         if not datasets: raise PanelError("no series to window")
@@ -217,12 +217,6 @@ class PanelWindowDataset(torch.utils.data.Dataset):
     @property
     def num_windows(self) -> int: return len(self.starts)
     def __len__(self): return len(rank_positions(self.num_windows, self.rank, self.world_size))   # windows this rank serves
-    def __getitem__(self, i):
-        s = int(self.starts[i]); return self.x[s:s + self.ctx], self.y[s + self.ctx:s + self.ctx + self.h]
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Inputs (b, context, channels) and targets (b, horizon) of windows `idx`."
-        s = self.starts[idx]
-        return self._xw[s].transpose(1, 2), self._yw[s + self.ctx]
 
 # %% ../../nbs/04a_data.panel.ipynb #57a370fe
 @patch
@@ -239,6 +233,14 @@ def shard(self: PanelWindowDataset, rank: int, world_size: int) -> PanelWindowDa
     "A view of the same windows that serves rank `rank` of `world_size` its share of each epoch's order (`rank_positions`)."
     rank_positions(0, rank, world_size)
     v = object.__new__(PanelWindowDataset); v.__dict__.update(self.__dict__); v.rank, v.world_size = rank, world_size
+    return v
+
+def symbol_view(ds: PanelWindowDataset, symbol: str) -> PanelWindowDataset:
+    "The windows of `symbol` among `ds`'s (a view of the same tensors): what a per-symbol model trains on and a per-symbol report reads."
+    if symbol not in ds.series.index: raise PanelError(f"symbol {symbol!r} is not in this panel: {', '.join(ds.series.index[:10])}")
+    keep = ds._series == int(ds.series.index.get_loc(symbol))
+    v = object.__new__(PanelWindowDataset); v.__dict__.update(ds.__dict__)
+    v.starts, v._series, v.symbol_ids, v.rank, v.world_size = ds.starts[keep], ds._series[keep], ds.symbol_ids[keep], 0, 1
     return v
 
 @patch
